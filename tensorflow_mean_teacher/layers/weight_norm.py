@@ -1,0 +1,236 @@
+"""Weight-normalised conv2d and dense layers with mean-only batch normalisation.
+
+Salimans & Kingma (2016), in the form the original Mean Teacher code uses:
+* the weight is `g * V / ||V||` (norm over every axis but the output one);
+* training subtracts the batch mean of the pre-bias activation; inference subtracts the layer's
+  own `eval_mean`, an exponential moving average (decay 0.999, starting at zero) of those batch
+  means, updated in every training-mode call;
+* `g` and `b` get a data-dependent initialisation from one batch (`initialize=True`): `g` makes
+  the output's per-channel variance one, `b` is zero.
+
+A layer can be *tied* to another one of the same kind: it then shares that layer's `V`, `g` and
+`b` but keeps its own `eval_mean`. The original builds its Pi-model branch like that (the same
+student weights in a second tower with separate eval means).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def leaky_relu(x: tf.Tensor) -> tf.Tensor:
+    """max(x, 0.1 x), with TF1's `tf.maximum` gradient at zero (slope 1)."""
+    return tf.maximum(x, 0.1 * x)
+
+
+def batch_mean(x: tf.Tensor, axes) -> tf.Tensor:
+    """Mean over the batch axes, over the global batch when running on several replicas."""
+    mean = tf.reduce_mean(x, axes)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        mean = context.all_reduce(tf.distribute.ReduceOp.MEAN, mean)
+    return mean
+
+
+def batch_moments(x: tf.Tensor, axes) -> tuple[tf.Tensor, tf.Tensor]:
+    """Mean and biased variance, as `tf.nn.moments` (which the original initialisation uses)."""
+    mean = batch_mean(x, axes)
+    variance = batch_mean(tf.math.squared_difference(x, tf.stop_gradient(mean)), axes)
+    return mean, variance
+
+
+class _WeightNorm(keras.layers.Layer):
+    """What the conv and dense variants share: variables, tying and the eval-mean update."""
+
+    # Axes of V that the norm runs over, and of the activation that the batch mean runs over.
+    _norm_axes: tuple[int, ...]
+    _batch_axes: tuple[int, ...]
+    # The original's data-dependent init adds a different epsilon to the variance per kind.
+    _init_variance_epsilon: float
+
+    def __init__(
+        self,
+        units: int,
+        activation=None,
+        eval_mean_decay: float = 0.999,
+        kernel_initializer="weight_norm_default",
+        tied_to: _WeightNorm | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(units) != units or units < 1:
+            raise ValueError(f"units/filters must be a positive integer. Received: {units!r}")
+        if not 0.0 <= eval_mean_decay < 1.0:
+            raise ValueError(
+                f"eval_mean_decay must be in [0, 1). Received: eval_mean_decay={eval_mean_decay}"
+            )
+        if tied_to is not None and type(tied_to) is not type(self):
+            raise TypeError(
+                f"A {type(self).__name__} can only be tied to another {type(self).__name__}. "
+                f"Received: tied_to={tied_to!r}"
+            )
+        self.units = int(units)
+        if activation not in (None, "leaky_relu"):
+            raise ValueError(
+                f"activation must be None or 'leaky_relu'. Received: activation={activation!r}"
+            )
+        self.activation = activation
+        self.eval_mean_decay = eval_mean_decay
+        if kernel_initializer == "weight_norm_default":
+            # The original draws V from N(0, 0.05).
+            kernel_initializer = keras.initializers.RandomNormal(0.0, 0.05)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.tied_to = tied_to
+
+    def _kernel_shape(self, input_shape) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def build(self, input_shape):
+        if self.tied_to is not None:
+            if not self.tied_to.built:
+                raise RuntimeError(
+                    f"Layer {self.name!r} is tied to {self.tied_to.name!r}, which is not built "
+                    "yet. Call the layer it is tied to first."
+                )
+            self.kernel, self.g, self.b = self.tied_to.kernel, self.tied_to.g, self.tied_to.b
+        else:
+            self.kernel = self.add_weight(
+                name="V", shape=self._kernel_shape(input_shape),
+                initializer=self.kernel_initializer,
+            )
+            self.g = self.add_weight(name="g", shape=(self.units,), initializer="ones")
+            self.b = self.add_weight(name="b", shape=(self.units,), initializer="zeros")
+        self.eval_mean = self.add_weight(
+            name="eval_mean", shape=(self.units,), initializer="zeros", trainable=False,
+            aggregation="only_first_replica",
+        )
+
+    @property
+    def parameters(self) -> tuple:
+        """(V, g, b): the variables a teacher keeps as an exponential moving average."""
+        return (self.kernel, self.g, self.b)
+
+    def _centre(self, pre_bias: tf.Tensor, training: bool) -> tf.Tensor:
+        """Subtracts the batch mean (and moves eval_mean towards it) or the eval mean."""
+        if not training:
+            return pre_bias - self.eval_mean
+        mean = batch_mean(pre_bias, self._batch_axes)
+        self.eval_mean.assign_sub((1.0 - self.eval_mean_decay) * (self.eval_mean - mean))
+        return pre_bias - mean
+
+    def _initialize(self, unscaled: tf.Tensor) -> tf.Tensor:
+        """Data-dependent init of g, b from `unscaled` = input convolved with V/||V||."""
+        mean, variance = batch_moments(unscaled, self._batch_axes)
+        scale = 1.0 / tf.sqrt(variance + self._init_variance_epsilon)
+        self.g.assign(scale)
+        self.b.assign(tf.zeros_like(scale))
+        return self._activate(scale * (unscaled - mean))
+
+    def _activate(self, x: tf.Tensor) -> tf.Tensor:
+        return x if self.activation is None else leaky_relu(x)
+
+    def get_config(self) -> dict:
+        if self.tied_to is not None:
+            raise NotImplementedError("A tied layer has no standalone config.")
+        config = super().get_config()
+        config.update({
+            "units": self.units,
+            "activation": self.activation,
+            "eval_mean_decay": self.eval_mean_decay,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tensorflow_mean_teacher")
+class WeightNormConv2D(_WeightNorm):
+    """`y = conv(x, g V/||V||) - mean + b`, then the activation.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: int or (height, width).
+        padding: "same" or "valid" (stride 1, as in ConvLarge).
+        activation: None or "leaky_relu" (slope 0.1, as ConvLarge uses).
+        eval_mean_decay: decay of the eval-mean moving average (0.999 in the original).
+        tied_to: another `WeightNormConv2D` whose V, g, b this layer shares.
+
+    Call arguments: `training` (batch mean vs eval mean), `initialize` (run the data-dependent
+    initialisation of g and b on this batch and return its output).
+    """
+
+    _batch_axes = (0, 1, 2)
+    _norm_axes = (0, 1, 2)
+    _init_variance_epsilon = 1e-8
+
+    def __init__(self, filters: int, kernel_size=3, padding: str = "same", **kwargs):
+        super().__init__(units=filters, **kwargs)
+        if isinstance(kernel_size, int):
+            kernel_size = (kernel_size, kernel_size)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        if len(self.kernel_size) != 2 or min(self.kernel_size) < 1:
+            raise ValueError(
+                f"kernel_size must be a positive int or a pair. Received: kernel_size={kernel_size}"
+            )
+        if padding.lower() not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid'. Received: padding={padding!r}")
+        self.padding = padding.lower()
+
+    @property
+    def filters(self) -> int:
+        return self.units
+
+    def _kernel_shape(self, input_shape):
+        return (*self.kernel_size, int(input_shape[-1]), self.units)
+
+    def _convolve(self, x, kernel):
+        return tf.nn.conv2d(x, kernel, strides=1, padding=self.padding.upper())
+
+    def call(self, inputs, training=False, initialize=False):
+        direction = tf.nn.l2_normalize(self.kernel, axis=self._norm_axes)
+        if initialize:
+            return self._initialize(self._convolve(inputs, direction))
+        y = self._convolve(inputs, self.g * direction)
+        y = tf.nn.bias_add(self._centre(y, training), self.b)
+        return self._activate(y)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        if self.padding == "valid" and h is not None:
+            h, w = h - self.kernel_size[0] + 1, w - self.kernel_size[1] + 1
+        return (n, h, w, self.units)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.pop("units")
+        config.update(
+            {"filters": self.units, "kernel_size": self.kernel_size, "padding": self.padding}
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tensorflow_mean_teacher")
+class WeightNormDense(_WeightNorm):
+    """`y = (x V - mean) g/||V|| + b`, then the activation (none in ConvLarge's heads).
+
+    The original scales after centring here, and takes the norm without an epsilon.
+    Arguments as `WeightNormConv2D`, with `units` for `filters`.
+    """
+
+    _batch_axes = (0,)
+    _norm_axes = (0,)
+    _init_variance_epsilon = 1e-10
+
+    def _kernel_shape(self, input_shape):
+        return (int(input_shape[-1]), self.units)
+
+    def call(self, inputs, training=False, initialize=False):
+        if initialize:
+            direction = tf.nn.l2_normalize(self.kernel, axis=self._norm_axes)
+            return self._initialize(tf.matmul(inputs, direction))
+        y = self._centre(tf.matmul(inputs, self.kernel), training)
+        scale = self.g / tf.sqrt(tf.reduce_sum(tf.square(self.kernel), axis=self._norm_axes))
+        return self._activate(scale * y + self.b)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)

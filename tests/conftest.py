@@ -1,0 +1,22 @@
+"""Shared test fixtures: paths of the TF1 reference files copied into tests/data/reference."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REFERENCE_DIR = Path(__file__).parent / "data" / "reference"
+TRAJECTORY_FIXTURES = ("mt_mse.npz", "mt_mse__post.npz", "mt_two_logits.npz", "pi_model.npz")
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return REFERENCE_DIR
+
+
+def load_reference(name: str) -> dict:
+    with np.load(REFERENCE_DIR / name) as data:
+        return {key: data[key] for key in data.files}
