@@ -1,0 +1,25 @@
+"""Data for the Mean Teacher port: loaders, label split, preprocessing, tf.data streams."""
+
+from datasets.cifar10 import load_cifar10
+from datasets.digits import load_digits
+from datasets.minibatching import UNLABELED, evaluation_dataset, training_dataset
+from datasets.partition import extra_unlabeled_indices, partition_indices, training_rows
+from datasets.preprocessing import cached_gcn_zca, gcn_zca
+from datasets.registry import DATASETS, load
+from datasets.svhn import load_svhn
+
+__all__ = [
+    "DATASETS",
+    "UNLABELED",
+    "cached_gcn_zca",
+    "evaluation_dataset",
+    "extra_unlabeled_indices",
+    "gcn_zca",
+    "load",
+    "load_cifar10",
+    "load_digits",
+    "load_svhn",
+    "partition_indices",
+    "training_dataset",
+    "training_rows",
+]

@@ -1,0 +1,83 @@
+"""The UCI hand-written digits (bundled, 1,797 images), prepared as 32x32x3 model inputs.
+
+Small enough to train and test the whole pipeline on a CPU in seconds; provenance and licence
+are in `datasets/data/README.md`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["DIGITS_PATH", "DIGITS_VALIDATION_SIZE", "load_digits", "prepare_digit_images"]
+
+DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "digits.npz")
+
+# Every TEST_EVERY-th example of each class (in file order) goes to the test split.
+TEST_EVERY = 5
+# About 10% of the 1,442 training images, like the SVHN and CIFAR-10 validation sets.
+DIGITS_VALIDATION_SIZE = 144
+
+_UPSAMPLE = 4  # 8x8 -> 32x32, the input size of the Mean Teacher ConvNet
+_MAX_PIXEL = 16  # pixels count "on" cells of a 4x4 block
+
+
+def prepare_digit_images(images: np.ndarray) -> np.ndarray:
+    """(N, 8, 8) pixel counts 0..16 -> float32 (N, 32, 32, 3) in [0, 1].
+
+    Each pixel becomes a 4x4 block (no interpolation) and the grey value is copied to the
+    three colour channels the model expects.
+    """
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (8, 8):
+        raise ValueError(f"images must have shape (N, 8, 8). Received shape: {images.shape}")
+    upsampled = np.repeat(np.repeat(images, _UPSAMPLE, axis=1), _UPSAMPLE, axis=2)
+    scaled = upsampled.astype(np.float32) / np.float32(_MAX_PIXEL)
+    return np.repeat(scaled[..., None], 3, axis=-1)
+
+
+def _read_digits(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path) as data:
+            images, labels = data["images"], data["labels"]
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"The bundled digits file {path} is missing; it is part of the repository "
+            "(datasets/data/digits.npz). Restore it from version control."
+        ) from None
+    except Exception as error:
+        raise ValueError(f"The digits file {path} is corrupt or unreadable: {error}") from error
+    if images.ndim != 3 or images.shape[1:] != (8, 8) or len(labels) != len(images):
+        raise ValueError(
+            f"The digits file {path} is corrupt: expected images (N, 8, 8) and N labels, found "
+            f"images {images.shape} and labels {labels.shape}."
+        )
+    return images, labels
+
+
+def _test_mask(labels: np.ndarray) -> np.ndarray:
+    """True for the examples whose rank within their class is TEST_EVERY-1 mod TEST_EVERY."""
+    is_test = np.zeros(len(labels), dtype=bool)
+    for klass in np.unique(labels):
+        members = np.flatnonzero(labels == klass)
+        is_test[members[TEST_EVERY - 1 :: TEST_EVERY]] = True
+    return is_test
+
+
+def load_digits(
+    path: str | os.PathLike = DIGITS_PATH,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The bundled digits as `{'train': (x, y), 'test': (x, y)}`.
+
+    x is float32 (N, 32, 32, 3) in [0, 1], y int32 0..9. The split is fixed and stratified
+    without randomness: within each class, in file order, every 5th example (the 5th, 10th,
+    ...) is a test example, the rest are training examples; both keep file order. That gives
+    1,442 training and 355 test images; draw labeled/validation subsets of the training part
+    with `partition_indices`.
+    """
+    images, labels = _read_digits(path)
+    x = prepare_digit_images(images)
+    y = labels.astype(np.int32)
+    is_test = _test_mask(y)
+    return {"train": (x[~is_test], y[~is_test]), "test": (x[is_test], y[is_test])}

@@ -1,0 +1,187 @@
+"""`tf.data` input streams: endless shuffled training minibatches and in-order evaluation.
+
+Training streams follow the Mean Teacher minibatch modes. Each stream of example indices is
+an endless sequence of passes; each pass is a fresh permutation of its examples, and
+minibatches are cut from the concatenated passes (so a minibatch may straddle two passes, and
+every example appears exactly once per pass). The permutation of pass `p` of stream `s` is a
+stateless function of `(seed, s, p)`, so a stream is reproducible whatever the global TF seed,
+and the whole pipeline runs inside tf.data (no Python in the input hot path).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["UNLABELED", "evaluation_dataset", "training_dataset"]
+
+UNLABELED = -1
+
+# Stream ids, folded into the seed so that the two streams of a mixed batch are independent.
+_ALL_EXAMPLES_STREAM = 0
+_LABELED_STREAM = 1
+
+
+def _check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be an integer. Received: batch_size={batch_size!r}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
+    return int(batch_size)
+
+
+def _check_images_and_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array. Received shape: {labels.shape}")
+    if images.ndim < 1 or len(images) != len(labels):
+        raise ValueError(
+            "images and labels must have the same number of rows. "
+            f"Received: images {images.shape}, labels {labels.shape}"
+        )
+    if len(labels) == 0:
+        raise ValueError("images and labels are empty: there is nothing to iterate over.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers. Received dtype: {labels.dtype}")
+    if labels.min() < UNLABELED:
+        raise ValueError(
+            f"labels must be class ids >= 0, or {UNLABELED} for unlabeled rows. "
+            f"Received a label of {labels.min()}"
+        )
+    return images, labels
+
+
+def _check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an integer. Received: seed={seed!r}")
+    if not -(2**63) <= seed < 2**63:
+        raise ValueError(f"seed must fit in a signed 64-bit integer. Received: seed={seed}")
+    return int(seed)
+
+
+def _index_batches(n_examples: int, batch_size: int, seed: int, stream: int) -> tf.data.Dataset:
+    """Endless batches of indices 0..n_examples-1, reshuffled at every pass."""
+    stream_seed = tf.constant([seed, stream], dtype=tf.int64)
+    indices = tf.range(n_examples, dtype=tf.int64)
+
+    def one_pass(pass_number: tf.Tensor) -> tf.Tensor:
+        pass_seed = tf.random.experimental.stateless_fold_in(stream_seed, pass_number)
+        return tf.random.experimental.stateless_shuffle(indices, seed=pass_seed)
+
+    return (
+        tf.data.Dataset.counter(dtype=tf.int64)
+        .map(one_pass)
+        .unbatch()
+        .batch(batch_size, drop_remainder=True)
+    )
+
+
+def _check_mode(n_labeled_per_batch: object, batch_size: int) -> int | None:
+    """None for 'vary', else the number of labeled examples per batch."""
+    if n_labeled_per_batch == "vary":
+        return None
+    if (
+        isinstance(n_labeled_per_batch, bool)
+        or not isinstance(n_labeled_per_batch, numbers.Integral)
+        or not 1 <= n_labeled_per_batch <= batch_size
+    ):
+        raise ValueError(
+            "n_labeled_per_batch must be 'vary' or an integer from 1 to batch_size "
+            f"({batch_size}). Received: n_labeled_per_batch={n_labeled_per_batch!r}"
+        )
+    return int(n_labeled_per_batch)
+
+
+def training_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int = 100,
+    n_labeled_per_batch: int | str = "vary",
+    seed: int = 0,
+) -> tf.data.Dataset:
+    """Endless training minibatches `(images float32 (B, ...), labels int32 (B,))`.
+
+    Args:
+        images: (N, H, W, C) training images, labeled and unlabeled rows together.
+        labels: (N,) class ids, -1 for unlabeled rows (see `partition.training_rows`).
+        batch_size: B, examples per minibatch.
+        n_labeled_per_batch: 'vary': each batch is drawn from all N rows, labeled and
+            unlabeled mixed as they come. k with 0 < k < B: k rows from the labeled rows,
+            then B - k rows drawn from all N rows (labeled ones included) with labels set to
+            -1. k == B: labeled rows only.
+        seed: makes the stream reproducible; another seed gives other permutations.
+    """
+    batch_size = _check_batch_size(batch_size)
+    images, labels = _check_images_and_labels(images, labels)
+    n_labeled = _check_mode(n_labeled_per_batch, batch_size)
+    seed = _check_seed(seed)
+
+    # Gathering whole batches from one captured tensor keeps per-example work out of the
+    # pipeline, and a captured eager tensor (unlike a graph constant) has no 2 GB limit.
+    # Images keep their stored dtype until gathered, so uint8 inputs stay small in memory.
+    all_images = tf.convert_to_tensor(images)
+    all_labels = tf.convert_to_tensor(labels.astype(np.int32))
+
+    def gather(rows: tf.Tensor, keep_labels: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        batch_images = tf.cast(tf.gather(all_images, rows), tf.float32)
+        if keep_labels:
+            return batch_images, tf.gather(all_labels, rows)
+        return batch_images, tf.fill(tf.shape(rows), tf.constant(UNLABELED, tf.int32))
+
+    if n_labeled is None:
+        dataset = _index_batches(len(labels), batch_size, seed, _ALL_EXAMPLES_STREAM).map(
+            lambda rows: gather(rows, keep_labels=True)
+        )
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    labeled_rows = np.flatnonzero(labels != UNLABELED)
+    if len(labeled_rows) == 0:
+        raise ValueError(
+            f"n_labeled_per_batch={n_labeled} needs labeled rows, but every label is "
+            f"{UNLABELED} (unlabeled). Use n_labeled_per_batch='vary' or pass labeled data."
+        )
+    labeled_rows_tensor = tf.constant(labeled_rows, dtype=tf.int64)
+    labeled_batches = _index_batches(len(labeled_rows), n_labeled, seed, _LABELED_STREAM).map(
+        lambda positions: gather(tf.gather(labeled_rows_tensor, positions), keep_labels=True)
+    )
+    if n_labeled == batch_size:
+        return labeled_batches.prefetch(tf.data.AUTOTUNE)
+
+    unlabeled_batches = _index_batches(
+        len(labels), batch_size - n_labeled, seed, _ALL_EXAMPLES_STREAM
+    ).map(lambda rows: gather(rows, keep_labels=False))
+    dataset = tf.data.Dataset.zip(labeled_batches, unlabeled_batches).map(
+        lambda labeled, unlabeled: (
+            tf.concat([labeled[0], unlabeled[0]], axis=0),
+            tf.concat([labeled[1], unlabeled[1]], axis=0),
+        )
+    )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def evaluation_dataset(
+    images: np.ndarray, labels: np.ndarray, batch_size: int = 100
+) -> tf.data.Dataset:
+    """One in-order pass over `(images, labels)` in batches of `batch_size` (last one smaller).
+
+    Yields `(images float32 (b, ...), labels int32 (b,))`.
+    """
+    batch_size = _check_batch_size(batch_size)
+    images, labels = _check_images_and_labels(images, labels)
+    all_images = tf.convert_to_tensor(images)
+    all_labels = tf.convert_to_tensor(labels.astype(np.int32))
+    n_examples = len(labels)
+    return (
+        tf.data.Dataset.range(0, n_examples, batch_size)
+        .map(
+            lambda start: (
+                tf.cast(all_images[start : start + batch_size], tf.float32),
+                all_labels[start : start + batch_size],
+            )
+        )
+        .prefetch(tf.data.AUTOTUNE)
+    )
