@@ -6,10 +6,12 @@ from datasets.minibatching import UNLABELED, evaluation_dataset, training_datase
 from datasets.partition import extra_unlabeled_indices, partition_indices, training_rows
 from datasets.preprocessing import cached_gcn_zca, gcn_zca
 from datasets.registry import DATASETS, load
+from datasets.semi_supervised import SemiSupervisedData, load_semi_supervised
 from datasets.svhn import load_svhn
 
 __all__ = [
     "DATASETS",
+    "SemiSupervisedData",
     "UNLABELED",
     "cached_gcn_zca",
     "evaluation_dataset",
@@ -18,6 +20,7 @@ __all__ = [
     "load",
     "load_cifar10",
     "load_digits",
+    "load_semi_supervised",
     "load_svhn",
     "partition_indices",
     "training_dataset",

@@ -62,8 +62,13 @@ def _check_seed(seed: object) -> int:
     return int(seed)
 
 
-def _index_batches(n_examples: int, batch_size: int, seed: int, stream: int) -> tf.data.Dataset:
-    """Endless batches of indices 0..n_examples-1, reshuffled at every pass."""
+def _index_batches(n_examples: int, batch_size: int, seed: int, stream: int,
+                   skip_batches: int = 0) -> tf.data.Dataset:
+    """Endless batches of indices 0..n_examples-1, reshuffled at every pass.
+
+    `skip_batches` drops the first batches here, on indices only, so that resuming a long run
+    at step N costs index shuffles, not N gathers of images.
+    """
     stream_seed = tf.constant([seed, stream], dtype=tf.int64)
     indices = tf.range(n_examples, dtype=tf.int64)
 
@@ -76,6 +81,7 @@ def _index_batches(n_examples: int, batch_size: int, seed: int, stream: int) -> 
         .map(one_pass)
         .unbatch()
         .batch(batch_size, drop_remainder=True)
+        .skip(skip_batches)
     )
 
 
@@ -102,6 +108,7 @@ def training_dataset(
     batch_size: int = 100,
     n_labeled_per_batch: int | str = "vary",
     seed: int = 0,
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Endless training minibatches `(images float32 (B, ...), labels int32 (B,))`.
 
@@ -114,11 +121,15 @@ def training_dataset(
             then B - k rows drawn from all N rows (labeled ones included) with labels set to
             -1. k == B: labeled rows only.
         seed: makes the stream reproducible; another seed gives other permutations.
+        skip_batches: start the same stream after this many batches (to resume a run exactly).
     """
     batch_size = _check_batch_size(batch_size)
     images, labels = _check_images_and_labels(images, labels)
     n_labeled = _check_mode(n_labeled_per_batch, batch_size)
     seed = _check_seed(seed)
+    if isinstance(skip_batches, bool) or not isinstance(skip_batches, numbers.Integral) \
+            or skip_batches < 0:
+        raise ValueError(f"skip_batches must be an integer >= 0. Received: {skip_batches!r}")
 
     # Gathering whole batches from one captured tensor keeps per-example work out of the
     # pipeline, and a captured eager tensor (unlike a graph constant) has no 2 GB limit.
@@ -133,7 +144,8 @@ def training_dataset(
         return batch_images, tf.fill(tf.shape(rows), tf.constant(UNLABELED, tf.int32))
 
     if n_labeled is None:
-        dataset = _index_batches(len(labels), batch_size, seed, _ALL_EXAMPLES_STREAM).map(
+        dataset = _index_batches(len(labels), batch_size, seed, _ALL_EXAMPLES_STREAM,
+                                 skip_batches).map(
             lambda rows: gather(rows, keep_labels=True)
         )
         return dataset.prefetch(tf.data.AUTOTUNE)
@@ -145,14 +157,15 @@ def training_dataset(
             f"{UNLABELED} (unlabeled). Use n_labeled_per_batch='vary' or pass labeled data."
         )
     labeled_rows_tensor = tf.constant(labeled_rows, dtype=tf.int64)
-    labeled_batches = _index_batches(len(labeled_rows), n_labeled, seed, _LABELED_STREAM).map(
+    labeled_batches = _index_batches(len(labeled_rows), n_labeled, seed, _LABELED_STREAM,
+                                     skip_batches).map(
         lambda positions: gather(tf.gather(labeled_rows_tensor, positions), keep_labels=True)
     )
     if n_labeled == batch_size:
         return labeled_batches.prefetch(tf.data.AUTOTUNE)
 
     unlabeled_batches = _index_batches(
-        len(labels), batch_size - n_labeled, seed, _ALL_EXAMPLES_STREAM
+        len(labels), batch_size - n_labeled, seed, _ALL_EXAMPLES_STREAM, skip_batches
     ).map(lambda rows: gather(rows, keep_labels=False))
     dataset = tf.data.Dataset.zip(labeled_batches, unlabeled_batches).map(
         lambda labeled, unlabeled: (

@@ -9,6 +9,7 @@ The layer names are the TF1 scope names (`conv_1_1` ... `fully_connected_1`).
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from tensorflow_mean_teacher.layers import InputStage, WeightNormConv2D, WeightNormDense
 
@@ -33,6 +34,8 @@ class ConvLarge(keras.Model):
         dropout_probability: dropout rate after each max-pooling, in training.
         input_noise, normalize_input, flip_horizontally, translate: the input stage
             (see `InputStage`).
+        eval_mean_decay: decay of each layer's eval-mean moving average (0.999 in the
+            original, which needs thousands of steps to converge from zero).
         seed: seed of this tower's random draws (input stage and dropout).
         tied_to: another `ConvLarge` of the same configuration whose weights this tower shares,
             keeping its own eval means and random draws (the original's Pi-model branch).
@@ -44,8 +47,8 @@ class ConvLarge(keras.Model):
     def __init__(self, num_classes: int = 10, num_logits: int = 1, width: int = 128,
                  dropout_probability: float = 0.5, input_noise: float = 0.15,
                  normalize_input: bool = True, flip_horizontally: bool = False,
-                 translate: bool = True, seed: int | None = None,
-                 tied_to: ConvLarge | None = None, **kwargs):
+                 translate: bool = True, eval_mean_decay: float = 0.999,
+                 seed: int | None = None, tied_to: ConvLarge | None = None, **kwargs):
         super().__init__(**kwargs)
         if num_logits not in (1, 2):
             raise ValueError(f"num_logits must be 1 or 2. Received: num_logits={num_logits!r}")
@@ -69,7 +72,7 @@ class ConvLarge(keras.Model):
             num_classes=self.num_classes, num_logits=self.num_logits, width=self.width,
             dropout_probability=self.dropout_probability, input_noise=input_noise,
             normalize_input=normalize_input, flip_horizontally=flip_horizontally,
-            translate=translate, seed=seed,
+            translate=translate, eval_mean_decay=eval_mean_decay, seed=seed,
         )
         def sub_seed(offset):
             # Distinct, reproducible seeds for the input stage and the two dropout layers.
@@ -90,26 +93,44 @@ class ConvLarge(keras.Model):
         self.convs = [
             WeightNormConv2D(multiple * self.width, kernel, padding=padding,
                              activation="leaky_relu", kernel_initializer=initializer(i),
-                             tied_to=tie(name), name=name)
+                             eval_mean_decay=eval_mean_decay, tied_to=tie(name), name=name)
             for i, (name, multiple, kernel, padding) in enumerate(_CONV_LAYERS)
         ]
         self.max_pool_1 = keras.layers.MaxPooling2D(2, name="max_pool_1")
-        self.dropout_1 = keras.layers.Dropout(self.dropout_probability, seed=sub_seed(1))
+        self.dropout_1 = keras.layers.Dropout(self.dropout_probability, seed=sub_seed(1),
+                                              name="dropout_1")
         self.max_pool_2 = keras.layers.MaxPooling2D(2, name="max_pool_2")
-        self.dropout_2 = keras.layers.Dropout(self.dropout_probability, seed=sub_seed(2))
+        self.dropout_2 = keras.layers.Dropout(self.dropout_probability, seed=sub_seed(2),
+                                              name="dropout_2")
         self.avg_pool = keras.layers.AveragePooling2D(6, strides=2, name="avg_pool")
-        self.flatten = keras.layers.Flatten()
+        self.flatten = keras.layers.Flatten(name="flatten")
         self.fc_primary = WeightNormDense(
-            self.num_classes, kernel_initializer=initializer(9), tied_to=tie("fully_connected"),
-            name="fully_connected")
+            self.num_classes, kernel_initializer=initializer(9), eval_mean_decay=eval_mean_decay,
+            tied_to=tie("fully_connected"), name="fully_connected")
         self.fc_secondary = WeightNormDense(
-            self.num_classes, kernel_initializer=initializer(10),
+            self.num_classes, kernel_initializer=initializer(10), eval_mean_decay=eval_mean_decay,
             tied_to=tie("fully_connected_1"), name="fully_connected_1")
 
     @property
     def weight_norm_layers(self) -> list:
         """The 11 weight-normalised layers, in the order of `LAYER_NAMES`."""
         return [*self.convs, self.fc_primary, self.fc_secondary]
+
+    def state_checkpoint(self) -> tf.train.Checkpoint:
+        """Every variable of this tower by name: V, g, b, eval_mean per layer, and the states of
+        its random generators. Explicit, because Keras' attribute tracking does not reach the
+        layers held in lists nor the random generators."""
+        layers = {
+            layer.name: tf.train.Checkpoint(V=layer.kernel, g=layer.g, b=layer.b,
+                                            eval_mean=layer.eval_mean)
+            for layer in self.weight_norm_layers
+        }
+        generators = {
+            name: layer.seed_generator.state
+            for name, layer in (("input_stage", self.input_stage),
+                                ("dropout_1", self.dropout_1), ("dropout_2", self.dropout_2))
+        }
+        return tf.train.Checkpoint(**layers, random=tf.train.Checkpoint(**generators))
 
     def call(self, images, training=False, initialize=False):
         def wn(layer, x):

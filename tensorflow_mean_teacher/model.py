@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tensorflow_mean_teacher import losses
 from tensorflow_mean_teacher.architecture import ConvLarge
+from tensorflow_mean_teacher.export import export_network
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.optimizer import TF1Adam
 from tensorflow_mean_teacher.schedules import (
@@ -54,6 +55,9 @@ class MeanTeacher(keras.Model):
         compute_pi_branch: run the second student tower (the Pi-model target) and report
             `train/cons_cost/pi` and `train/total_cost/pi`. None: only when the Pi model is
             trained (`ema_consistency=False`), so a Mean Teacher step runs two towers, not three.
+        eval_mean_decay: decay of the eval means (the inference-mode batch-norm means); 0.999
+            in the original. From zero, they need a few thousand steps to converge: lower it
+            (e.g. 0.99) for short runs.
         seed: seed of every random draw (input perturbations, dropout, initial V).
 
     Before training, call `initialize_from_batch(images)` once: the original's data-dependent
@@ -62,7 +66,8 @@ class MeanTeacher(keras.Model):
 
     def __init__(self, hyperparams: HyperParams | dict | None = None, *, num_classes: int = 10,
                  width: int = 128, teacher_reads_ema: str = "pre",
-                 compute_pi_branch: bool | None = None, seed: int | None = None, **kwargs):
+                 compute_pi_branch: bool | None = None, eval_mean_decay: float = 0.999,
+                 seed: int | None = None, **kwargs):
         kwargs.setdefault("name", "mean_teacher")
         super().__init__(**kwargs)
         if hyperparams is None:
@@ -86,6 +91,7 @@ class MeanTeacher(keras.Model):
         self.width = int(width)
         self.teacher_reads_ema = teacher_reads_ema
         self.compute_pi_branch = bool(compute_pi_branch)
+        self.eval_mean_decay = float(eval_mean_decay)
         self.seed = seed
 
         hp = hyperparams
@@ -93,6 +99,7 @@ class MeanTeacher(keras.Model):
             num_classes=num_classes, num_logits=hp.num_logits, width=width,
             input_noise=hp.input_noise, normalize_input=hp.normalize_input,
             flip_horizontally=hp.flip_horizontally, translate=hp.translate,
+            eval_mean_decay=eval_mean_decay,
         )
         offset = lambda k: None if seed is None else seed * 7 + k  # noqa: E731
         self.student = ConvLarge(**tower, dropout_probability=hp.student_dropout_probability,
@@ -173,6 +180,18 @@ class MeanTeacher(keras.Model):
                 layer.eval_mean.assign(tf.zeros_like(layer.eval_mean))
         self.is_initialized.assign(True)
         self.built = True
+
+    def training_checkpoint(self) -> tf.train.Checkpoint:
+        """The complete training state, for `tf.train.Checkpoint`/`CheckpointManager`.
+
+        Student, teacher and Pi-branch weights and eval means, every random generator, the
+        optimizer (slots, running beta products, the step) and the initialisation flag.
+        """
+        towers = {"student": self.student, "teacher": self.teacher, "pi_branch": self.pi_branch}
+        return tf.train.Checkpoint(
+            **{name: tower.state_checkpoint() for name, tower in towers.items() if tower},
+            optimizer=self.optimizer, is_initialized=self.is_initialized,
+        )
 
     def _require_initialized(self, what: str) -> None:
         if not bool(self.is_initialized.numpy()):
@@ -318,6 +337,11 @@ class MeanTeacher(keras.Model):
         return {name: tracker.result() for name, tracker in self._eval_trackers.items()}
 
     @property
+    def train_metrics(self) -> list:
+        """The training metrics (running means since their last reset)."""
+        return list(self._train_trackers.values())
+
+    @property
     def metrics(self):
         return [*self._train_trackers.values(), *self._eval_trackers.values()]
 
@@ -330,6 +354,16 @@ class MeanTeacher(keras.Model):
         images, _ = _unpack(data) if isinstance(data, (tuple, list)) else (data, None)
         return self.teacher(images, training=False)[0]
 
+    def export_teacher(self, path, *, overwrite: bool = False):
+        """Writes the teacher (inference mode) as a SavedModel; see `export.export_network`."""
+        self._require_initialized("export_teacher")
+        return export_network(self.teacher, path, overwrite=overwrite)
+
+    def export_student(self, path, *, overwrite: bool = False):
+        """Writes the student (inference mode) as a SavedModel, like `export_teacher`."""
+        self._require_initialized("export_student")
+        return export_network(self.student, path, overwrite=overwrite)
+
     def get_config(self) -> dict:
         return {
             **super().get_config(),
@@ -338,6 +372,7 @@ class MeanTeacher(keras.Model):
             "width": self.width,
             "teacher_reads_ema": self.teacher_reads_ema,
             "compute_pi_branch": self.compute_pi_branch,
+            "eval_mean_decay": self.eval_mean_decay,
             "seed": self.seed,
         }
 

@@ -231,3 +231,21 @@ def test_data_errors(make):
         r"rows\. Received a label of -2",
     ):
         make(_images(), np.full(30, -2))
+
+
+@pytest.mark.parametrize("mode", ["vary", 3, 8])
+def test_skip_batches_continues_the_same_stream(mode):
+    images = np.arange(40, dtype=np.float32).reshape(40, 1, 1, 1)
+    labels = np.where(np.arange(40) < 12, np.arange(40) % 4, -1).astype(np.int32)
+    full = list(training_dataset(images, labels, batch_size=8, n_labeled_per_batch=mode,
+                                 seed=3).take(12).as_numpy_iterator())
+    resumed = list(training_dataset(images, labels, batch_size=8, n_labeled_per_batch=mode,
+                                    seed=3, skip_batches=7).take(5).as_numpy_iterator())
+    for (x_full, y_full), (x_resumed, y_resumed) in zip(full[7:], resumed, strict=True):
+        np.testing.assert_array_equal(x_full, x_resumed)
+        np.testing.assert_array_equal(y_full, y_resumed)
+
+
+def test_skip_batches_must_be_a_count():
+    with pytest.raises(ValueError, match="skip_batches must be an integer >= 0. Received: -1"):
+        training_dataset(np.zeros((4, 1)), np.zeros(4, np.int32), batch_size=2, skip_batches=-1)

@@ -1,0 +1,196 @@
+"""Keras callbacks of a Mean Teacher run: logs, checkpoints, the step limit, a divergence guard.
+
+The step is always the global step, `model.optimizer.iterations`, so that a resumed run logs
+and checkpoints under the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+# What the console line shows first, as the original printed.
+_CONSOLE_ORDER = ("eval/error/ema", "eval/error/1", "train/error/1", "train/class_cost/1",
+                  "train/cons_cost/mt")
+
+
+def global_step(model: keras.Model) -> int:
+    return int(model.optimizer.iterations.numpy())
+
+
+def format_metrics(values: Mapping[str, float]) -> str:
+    """`error/1:  12.3%,  class_cost/1:   0.123456, ...`, errors as percentages."""
+    names = [n for n in _CONSOLE_ORDER if n in values]
+    names += [n for n in values if n not in names and "/" in n]
+    parts = []
+    for name in names:
+        value = float(values[name])
+        short = name.split("/", 1)[1] if name.startswith("train/") else name
+        parts.append(f"{short}: {value:6.1%}" if "/error/" in name else f"{short}: {value:10.6f}")
+    return ",  ".join(parts)
+
+
+class MetricsLog:
+    """One CSV file and one TensorBoard directory for a kind of metrics (training, validation).
+
+    Rows are keyed by step. On resume, rows after the restored checkpoint (written by the run
+    that was interrupted) are dropped so that the log reads as one uninterrupted run.
+    """
+
+    def __init__(self, csv_path: Path, tensorboard_dir: Path):
+        self.csv_path = Path(csv_path)
+        self.writer = tf.summary.create_file_writer(str(tensorboard_dir))
+        self._columns: list[str] | None = None
+
+    def truncate_after(self, step: int) -> None:
+        if not self.csv_path.exists():
+            return
+        with self.csv_path.open(newline="") as f:
+            rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+        self._rewrite(rows)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        columns = list(rows[0]) if rows else []
+        temporary = self.csv_path.with_suffix(".tmp")
+        with temporary.open("w", newline="") as f:
+            if columns:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        os.replace(temporary, self.csv_path)
+        self._columns = columns or None
+
+    def record(self, step: int, values: Mapping[str, float]) -> None:
+        row = {"step": step, **{k: float(v) for k, v in values.items()}}
+        if self._columns is None:
+            self._columns = self._header() or list(row)
+        write_header = not self._header()
+        with self.csv_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._columns, restval="",
+                                    extrasaction="ignore")
+            if write_header:
+                writer.writeheader()
+            writer.writerow(row)
+        self._write_scalars(step, values)
+
+    def _header(self) -> list[str]:
+        if not self.csv_path.exists() or not self.csv_path.stat().st_size:
+            return []
+        with self.csv_path.open(newline="") as f:
+            return next(csv.reader(f), [])
+
+    def _write_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, float(value))
+        self.writer.flush()
+
+
+class TrainingLogger(keras.callbacks.Callback):
+    """Every `print_span` steps: the means of the training metrics over the span, to the CSV,
+    TensorBoard and the console; then the training metrics restart for the next span."""
+
+    def __init__(self, log: MetricsLog, print_span: int, training_length: int, console=print):
+        super().__init__()
+        self.log = log
+        self.print_span = print_span
+        self.training_length = training_length
+        self.console = console
+        self._span_start = None
+
+    def on_train_begin(self, logs=None):
+        if self._span_start is None:
+            self._span_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        if step % self.print_span and step != self.training_length:
+            return
+        values = {k: v for k, v in (logs or {}).items() if k != "loss"}
+        elapsed = time.perf_counter() - self._span_start
+        self.log.record(step, {**values, "seconds_per_step": elapsed / self.print_span})
+        remaining = (self.training_length - step) * elapsed / self.print_span
+        self.console(f"step {step:6d}:   {format_metrics(values)}   "
+                     f"({elapsed / self.print_span:.2f} s/step, ~{_duration(remaining)} left)")
+        for tracker in self.model.train_metrics:
+            tracker.reset_state()
+        self._span_start = time.perf_counter()
+
+
+class ValidationLogger(keras.callbacks.Callback):
+    """Records the evaluation that `fit` runs at the end of each epoch (every evaluation_span)."""
+
+    def __init__(self, log: MetricsLog, console=print):
+        super().__init__()
+        self.log = log
+        self.console = console
+        self.last: tuple[int, dict] | None = None  # (step, values) of the latest evaluation
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {k[len("val_"):]: float(v) for k, v in (logs or {}).items()
+                  if k.startswith("val_")}
+        if values:
+            self.last = (global_step(self.model), values)
+            record_validation(self.log, *self.last, self.console)
+
+
+def record_validation(log: MetricsLog, step: int, values: Mapping[str, float], console=print):
+    log.record(step, values)
+    console(f"step {step:6d}:   {format_metrics(values)}")
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """Saves the complete training state at the end of every epoch (every evaluation_span)."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, console=print):
+        super().__init__()
+        self.manager = manager
+        self.console = console
+
+    def on_epoch_end(self, epoch, logs=None):
+        path = self.manager.save(checkpoint_number=global_step(self.model))
+        self.console(f"saved checkpoint {path}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """A cost became NaN or infinite."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops with an error naming the step and the metric when a cost is NaN or infinite.
+
+    It raises before the epoch ends, so no checkpoint of the diverged state is written: the
+    last good checkpoint stays the latest.
+    """
+
+    def __init__(self, checkpoint_dir: str | None = None):
+        super().__init__()
+        self.checkpoint_dir = checkpoint_dir
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            if not math.isfinite(float(value)):
+                latest = tf.train.latest_checkpoint(self.checkpoint_dir) \
+                    if self.checkpoint_dir else None
+                raise TrainingDiverged(
+                    f"Training diverged at step {global_step(self.model)}: {name} = "
+                    f"{float(value)}. The last good checkpoint is kept"
+                    + (f" ({latest})." if latest else " (none was written yet).")
+                    + " Lower max_learning_rate or max_consistency_cost, or check the inputs."
+                )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -1,0 +1,67 @@
+"""Exports a trained network (the teacher by default) as a TensorFlow SavedModel for serving.
+
+The SavedModel runs the network in inference mode (eval means, no dropout, no noise, no
+augmentation) and has one signature, `serving_default`:
+
+    inputs:  images         float32 (None, 32, 32, 3)
+    outputs: logits         float32 (None, num_classes)
+             probabilities  float32 (None, num_classes), the softmax of the logits
+
+It loads with plain TensorFlow, without this project:
+`tf.saved_model.load(path).signatures["serving_default"](images=x)["probabilities"]`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+def export_network(network: keras.Model, path: str | os.PathLike, *, overwrite: bool = False,
+                   image_shape: tuple[int, int, int] = (32, 32, 3)) -> Path:
+    """Writes `network`'s inference-mode class logits and probabilities as a SavedModel.
+
+    Refuses a `path` that exists and is not empty unless `overwrite`: a SavedModel written over
+    another leaves a mixture of both.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise FileExistsError(
+                f"Export path {str(path)!r} exists and is not empty. Choose a new path, or pass "
+                "overwrite=True (--overwrite_export on the runners) to replace it."
+            )
+    if not network.built:
+        raise ValueError("The network is not built: initialise or train it before exporting.")
+
+    def serve(images):
+        logits, _ = network(images, training=False)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    archive.add_endpoint(
+        name=SIGNATURE_NAME, fn=serve,
+        input_signature=[tf.TensorSpec((None, *image_shape), tf.float32, name=INPUT_NAME)],
+    )
+    # Write next to the target and move it in place, so an interrupted export leaves no
+    # half-written SavedModel behind.
+    staging = path.with_name(path.name + ".partial")
+    if staging.exists():
+        _remove_tree(staging)
+    archive.write_out(str(staging), verbose=False)
+    if path.exists():
+        _remove_tree(path)
+    staging.rename(path)
+    return path
+
+
+def _remove_tree(path: Path) -> None:
+    tf.io.gfile.rmtree(str(path)) if path.is_dir() else path.unlink()

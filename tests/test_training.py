@@ -1,0 +1,151 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tensorflow_mean_teacher.callbacks import TrainingDiverged
+from tensorflow_mean_teacher.hyperparams import HyperParams
+from tensorflow_mean_teacher.training import ResultsDirectoryError, RunConfig, train
+
+
+def data(n=60, seed=0):
+    rng = np.random.RandomState(seed)
+    patterns = rng.uniform(size=(10, 32, 32, 3)).astype(np.float32)
+    y = (np.arange(n) % 10).astype(np.int32)
+    x = patterns[y] + 0.2 * rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    return x, np.where(np.arange(n) < 20, y, -1).astype(np.int32), y
+
+
+def config(**hyperparams):
+    hp = HyperParams(**{**dict(training_length=12, evaluation_span=5, print_span=2,
+                               rampup_length=4, rampdown_length=3, input_noise=0.0,
+                               translate=False), **hyperparams})
+    return RunConfig(hyperparams=hp, batch_size=10, width=4, eval_mean_decay=0.9, seed=3,
+                     data={"dataset": "synthetic"})
+
+
+def streams(scale=1.0):
+    x, y, true_y = data()
+
+    def stream(skip):
+        ds = tf.data.Dataset.from_tensor_slices((x * scale, y)).repeat().batch(10)
+        return ds.skip(skip)
+
+    evaluation = tf.data.Dataset.from_tensor_slices((x[20:40], true_y[20:40])).batch(10)
+    return stream, evaluation
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_logs_checkpoints_export_and_results(tmp_path):
+    stream, evaluation = streams()
+    lines = []
+    results = train(config(), stream, evaluation, tmp_path / "run", console=lines.append)
+    run = tmp_path / "run"
+    assert results["step"] == 12
+    assert {"teacher_error", "student_error", "eval/error/ema", "seconds"} <= set(results)
+    assert json.loads((run / "results.json").read_text())["step"] == 12
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["hyperparams"]["training_length"] == 12 and saved["width"] == 4
+
+    # Evaluation at step 0, every evaluation_span and at the end (12 is not a multiple of 5).
+    assert [int(r["step"]) for r in read_csv(run / "validation_log.csv")] == [0, 5, 10, 12]
+    training = read_csv(run / "training_log.csv")
+    assert [int(r["step"]) for r in training] == [2, 4, 6, 8, 10, 12]
+    assert {"train/error/1", "train/cons_cost/mt", "learning_rate", "ema_decay"} <= set(training[0])
+    assert any(line.startswith("step      4:   error/1:") for line in lines)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.suffix == ".index") == \
+        ["ckpt-10.index", "ckpt-12.index", "ckpt-5.index"]  # the last three kept
+    assert list((run / "tensorboard" / "train").iterdir())
+    loaded = tf.saved_model.load(str(run / "teacher"))
+    x, _, _ = data()
+    probabilities = loaded.signatures["serving_default"](images=tf.constant(x[:3]))["probabilities"]
+    np.testing.assert_allclose(probabilities.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_rerunning_a_finished_run_resumes_at_its_end(tmp_path):
+    stream, evaluation = streams()
+    first = train(config(), stream, evaluation, tmp_path, console=lambda _: None)
+    lines = []
+    second = train(config(), stream, evaluation, tmp_path, console=lines.append)
+    assert "resumed from" in lines[0] and lines[0].endswith("at step 12")
+    assert second["eval/error/ema"] == first["eval/error/ema"]
+    assert [int(r["step"]) for r in read_csv(tmp_path / "validation_log.csv")] == [0, 5, 10, 12]
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
+    """A run stopped at step 5 and resumed ends with the weights of an uninterrupted run."""
+    stream, evaluation = streams()
+    quiet = dict(console=lambda _: None)
+    train(config(), stream, evaluation, tmp_path / "whole", **quiet)
+
+    # The same run cut short: its stream runs dry after 7 batches (init + 6 steps).
+    def short_stream(skip):
+        return stream(skip).take(max(0, 7 - skip))
+
+    with pytest.raises(RuntimeError, match="training stream ended at step 6, before "
+                                           "training_length=12: it must be endless"):
+        train(config(), short_stream, evaluation, tmp_path / "cut", **quiet)
+    assert not (tmp_path / "cut" / "results.json").exists()
+    train(config(), stream, evaluation, tmp_path / "cut", **quiet)
+
+    whole = tf.train.load_checkpoint(str(tmp_path / "whole" / "checkpoints"))
+    cut = tf.train.load_checkpoint(str(tmp_path / "cut" / "checkpoints"))
+    bookkeeping = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    names = [n for n in whole.get_variable_to_shape_map() if n not in bookkeeping]
+    assert len(names) > 100  # weights, eval means, Adam slots, beta powers, RNG states, step
+    for name in names:
+        np.testing.assert_array_equal(cut.get_tensor(name), whole.get_tensor(name), err_msg=name)
+    assert [int(r["step"]) for r in read_csv(tmp_path / "cut" / "training_log.csv")] == \
+        [2, 4, 6, 8, 10, 12]
+
+
+def test_a_run_with_other_settings_is_refused(tmp_path):
+    stream, evaluation = streams()
+    train(config(), stream, evaluation, tmp_path, console=lambda _: None)
+    with pytest.raises(ResultsDirectoryError,
+                       match=r"Differences \(saved -> requested\): "
+                             r"hyperparams.max_consistency_cost: 100.0 -> 5.0"):
+        train(config(max_consistency_cost=5.0), stream, evaluation, tmp_path)
+
+
+def test_a_foreign_directory_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("someone else's")
+    stream, evaluation = streams()
+    with pytest.raises(ResultsDirectoryError, match="not a results directory of this project"):
+        train(config(), stream, evaluation, tmp_path)
+
+
+def test_divergence_stops_with_the_step_and_metric_and_keeps_the_checkpoint(tmp_path):
+    stream, evaluation = streams(scale=1e30)
+    with pytest.raises(TrainingDiverged, match=r"Training diverged at step \d+: \S+ = (nan|inf)"):
+        train(config(normalize_input=False), stream, evaluation, tmp_path, console=lambda _: None)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-0")
+
+
+def test_streams_of_the_wrong_kind_are_refused(tmp_path):
+    _, evaluation = streams()
+    small = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 28, 28, 3), np.float32), np.zeros(4, np.int32))).batch(2)
+    with pytest.raises(ValueError, match=r"training images must have shape \(batch, 32, 32, 3\)"):
+        train(config(), lambda skip: small, evaluation, tmp_path)
+    ints = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int32))).batch(2)
+    with pytest.raises(TypeError, match="training images must be floating point"):
+        train(config(), lambda skip: ints, evaluation, tmp_path)
+
+
+def test_export_refuses_a_non_empty_directory(tmp_path):
+    stream, evaluation = streams()
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        train(config(), stream, evaluation, tmp_path / "run", export_dir=target,
+              console=lambda _: None)
+    assert (target / "keep.txt").exists()
