@@ -126,10 +126,11 @@ def settings_from_flags(base: RunSettings) -> RunSettings:
     if FLAGS["n_labeled_per_batch"].present:
         changes["n_labeled_per_batch"] = _parse_count_or_word(("vary",))(
             FLAGS.n_labeled_per_batch)
+    HyperParams.from_dict(hyperparams)  # a bad value fails here, before any data is loaded
     return dataclasses.replace(base, **changes)
 
 
-def execute(settings: RunSettings, results_dir: str | Path, *,
+def execute(settings: RunSettings, results_dir: str | Path, *, export_dir: str | None = None,
             console: Callable[[str], None] = print) -> dict:
     """Loads the data, runs (or resumes) training, returns the results."""
     import datasets  # the top-level data package; imported here to keep flag parsing light
@@ -164,7 +165,7 @@ def execute(settings: RunSettings, results_dir: str | Path, *,
     console(f"{settings.describe()}: {len(data.train_labels)} training images "
             f"({data.n_labeled} labeled), {len(data.eval_labels)} evaluation images; "
             f"results in {results_dir}")
-    results = train(config, stream, evaluation, results_dir, export_dir=FLAGS.export_dir,
+    results = train(config, stream, evaluation, results_dir, export_dir=export_dir,
                     overwrite_export=FLAGS.overwrite_export, console=console)
     return {**results, "n_labeled": data.n_labeled}
 

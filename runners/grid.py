@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 from absl import app, flags
 
 from runners import common
-from tensorflow_mean_teacher.hyperparams import HyperParams
 
 FLAGS = flags.FLAGS
 
@@ -216,12 +215,6 @@ def select_cells(grid: Grid, cell_values: Sequence[str] = (),
     return cells
 
 
-def checked(settings: common.RunSettings) -> common.RunSettings:
-    """`settings` if its hyperparameters are valid; a ValueError/TypeError naming the bad one."""
-    HyperParams.from_dict(settings.hyperparams)
-    return settings
-
-
 def describe_settings(settings: common.RunSettings) -> str:
     data = (f"{settings.dataset} n_labeled={settings.n_labeled} data_seed={settings.data_seed} "
             f"test_phase={settings.test_phase} n_extra_unlabeled={settings.n_extra_unlabeled} "
@@ -278,8 +271,7 @@ def _finished_results(cell: Cell, cell_dir: Path) -> dict | None:
 def _run(grid: Grid) -> None:
     started = time.perf_counter()
     cells = select_cells(grid, FLAGS.cell, FLAGS.only)
-    cells = [cell._replace(settings=checked(common.settings_from_flags(cell.settings)))
-             for cell in cells]
+    cells = [cell._replace(settings=common.settings_from_flags(cell.settings)) for cell in cells]
     root = Path(FLAGS.results_dir)
     if FLAGS.list_cells:
         _list(grid, cells, root)
@@ -296,9 +288,8 @@ def _run(grid: Grid) -> None:
         else:
             print(f"== cell {cell.index} ({cell.name}), {position} of {len(cells)}: "
                   f"{describe_settings(cell.settings)}", flush=True)
-            if export_root is not None:
-                FLAGS.export_dir = str(Path(export_root) / cell.name)
-            results = common.execute(cell.settings, cell_dir)
+            export_dir = None if export_root is None else str(Path(export_root) / cell.name)
+            results = common.execute(cell.settings, cell_dir, export_dir=export_dir)
             status = "ran"
             import keras  # only when training; the rest of the runner stays light
 

@@ -10,7 +10,7 @@ command resumes the run. The last line on stdout is the results as one JSON obje
 
 from absl import app
 
-from runners import common, grid
+from runners import common
 
 SETTINGS = common.RunSettings(
     dataset="svhn", n_labeled=500, data_seed=0, test_phase=False, n_extra_unlabeled=0,
@@ -26,7 +26,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     results = common.exit_on_user_error(lambda: common.execute(
-        grid.checked(common.settings_from_flags(SETTINGS)), FLAGS.results_dir))
+        common.settings_from_flags(SETTINGS), FLAGS.results_dir, export_dir=FLAGS.export_dir))
     common.print_json(results)
 
 
