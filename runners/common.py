@@ -186,3 +186,18 @@ def exit_on_user_error(function: Callable[[], Any]) -> Any:
 
 def print_json(values: Mapping[str, Any]) -> None:
     print(json.dumps(values, sort_keys=True), flush=True)
+
+
+def single_run_main(settings: RunSettings, runner: str) -> None:
+    """The whole program of a runner that makes one run: flags, the run, its results as JSON."""
+    from absl import app
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        results = exit_on_user_error(lambda: execute(
+            settings_from_flags(settings), FLAGS.results_dir, export_dir=FLAGS.export_dir))
+        print_json(results)
+
+    define_flags(settings, results_dir=f"results/{runner}")
+    app.run(main)

@@ -359,11 +359,13 @@ def svhn_cell(*, n_labeled: int | str, data_seed: int, model_type: str = "mean_t
         n_labeled_per_batch=labeled_per_batch, hyperparams=hyperparams)
 
 
-def svhn_supervised_cell(*, n_labeled: int | str, data_seed: int, training_length: int,
-                         rampdown_length: int, test_phase: bool = True,
-                         **changes: Any) -> common.RunSettings:
-    """An SVHN supervised baseline of svhn_supervised_*: labeled-only batches, no consistency."""
+def _supervised_cell(dataset: str, base: Mapping[str, Any], *, n_labeled: int | str,
+                     data_seed: int, training_length: int, rampdown_length: int,
+                     test_phase: bool = True, **changes: Any) -> common.RunSettings:
+    """A supervised baseline of the *_supervised_* scripts: labeled-only minibatches and no
+    consistency cost (the teacher is still the student's EMA)."""
     hyperparams = {
+        **base,
         "ema_consistency": True,
         "max_consistency_cost": 0.0,
         "apply_consistency_to_labeled": False,
@@ -372,8 +374,13 @@ def svhn_supervised_cell(*, n_labeled: int | str, data_seed: int, training_lengt
         **changes,
     }
     return common.RunSettings(
-        dataset="svhn", n_labeled=n_labeled, data_seed=data_seed, test_phase=test_phase,
+        dataset=dataset, n_labeled=n_labeled, data_seed=data_seed, test_phase=test_phase,
         batch_size=MINIBATCH_SIZE, n_labeled_per_batch=MINIBATCH_SIZE, hyperparams=hyperparams)
+
+
+def svhn_supervised_cell(**params: Any) -> common.RunSettings:
+    """An SVHN supervised baseline of svhn_supervised_*."""
+    return _supervised_cell("svhn", {}, **params)
 
 
 # What every CIFAR-10 script sets (before its own changes): flips, the ZCA-whitened input kept
@@ -414,22 +421,9 @@ def cifar10_cell(*, n_labeled: int | str, data_seed: int, model_type: str,
         hyperparams=hyperparams)
 
 
-def cifar10_supervised_cell(*, n_labeled: int | str, data_seed: int, training_length: int,
-                            rampdown_length: int, test_phase: bool = True,
-                            **changes: Any) -> common.RunSettings:
-    """A CIFAR-10 supervised baseline of cifar10_supervised_*: labeled-only batches."""
-    hyperparams = {
-        **_CIFAR10_BASE,
-        "ema_consistency": True,
-        "max_consistency_cost": 0.0,
-        "apply_consistency_to_labeled": False,
-        "rampdown_length": rampdown_length,
-        "training_length": training_length,
-        **changes,
-    }
-    return common.RunSettings(
-        dataset="cifar10", n_labeled=n_labeled, data_seed=data_seed, test_phase=test_phase,
-        batch_size=MINIBATCH_SIZE, n_labeled_per_batch=MINIBATCH_SIZE, hyperparams=hyperparams)
+def cifar10_supervised_cell(**params: Any) -> common.RunSettings:
+    """A CIFAR-10 supervised baseline of cifar10_supervised_*, with the CIFAR-10 base settings."""
+    return _supervised_cell("cifar10", _CIFAR10_BASE, **params)
 
 
 def final_eval_seeds(n_labeled: int | str) -> range:

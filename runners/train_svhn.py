@@ -8,8 +8,6 @@ It converges faster than the paper's settings (`runners.svhn_final_eval`). Re-ru
 command resumes the run. The last line on stdout is the results as one JSON object.
 """
 
-from absl import app
-
 from runners import common
 
 SETTINGS = common.RunSettings(
@@ -19,17 +17,5 @@ SETTINGS = common.RunSettings(
                      max_consistency_cost=50.0),
 )
 
-FLAGS = common.FLAGS
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    results = common.exit_on_user_error(lambda: common.execute(
-        common.settings_from_flags(SETTINGS), FLAGS.results_dir, export_dir=FLAGS.export_dir))
-    common.print_json(results)
-
-
 if __name__ == "__main__":
-    common.define_flags(SETTINGS, results_dir="results/train_svhn")
-    app.run(main)
+    common.single_run_main(SETTINGS, "train_svhn")
