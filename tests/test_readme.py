@@ -1,0 +1,35 @@
+"""The README's commands and example stay true."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def test_the_readme_starts_with_the_two_set_up_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
+    install = "pip install -r requirements.txt && "
+    assert first_block[0].startswith(install + "python -m runners.quickstart")
+    assert first_block[1].startswith(install + "python -m pytest -q")
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "pip install --quiet -r requirements.txt" in ci and "python -m pytest -q" in ci
+
+
+def test_the_minimal_fit_example_runs(tmp_path):
+    code = re.search(r"## Minimal `fit`\n\n```python\n(.*?)```", README, re.S).group(1)
+    # The same program, scaled down to seconds.
+    for old, new in (("training_length=1000", "training_length=10"),
+                     ("evaluation_span=500", "evaluation_span=5"),
+                     ("rampup_length=300, rampdown_length=300",
+                      "rampup_length=3, rampdown_length=3"),
+                     ("width=32", "width=4"),
+                     ('"teacher_savedmodel"', repr(str(tmp_path / "teacher")))):
+        assert old in code, old
+        code = code.replace(old, new)
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                               text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "teacher" / "saved_model.pb").exists()
