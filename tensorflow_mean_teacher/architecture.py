@@ -125,10 +125,12 @@ class ConvLarge(keras.Model):
                                             eval_mean=layer.eval_mean)
             for layer in self.weight_norm_layers
         }
+        # (Keras' Dropout has no generator at rate 0.)
         generators = {
             name: layer.seed_generator.state
             for name, layer in (("input_stage", self.input_stage),
                                 ("dropout_1", self.dropout_1), ("dropout_2", self.dropout_2))
+            if getattr(layer, "seed_generator", None) is not None
         }
         return tf.train.Checkpoint(**layers, random=tf.train.Checkpoint(**generators))
 

@@ -190,3 +190,22 @@ def test_same_seed_same_weights():
     first, second = run(), run()
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_training_checkpoint_restores_every_state(tmp_path, dropout):
+    hp = {"student_dropout_probability": dropout, "teacher_dropout_probability": dropout,
+          "translate": True}
+    model = make_model(hp=hp, compute_pi_branch=True)
+    x, y = separable_data(20)
+    model.initialize_from_batch(x)
+    model.train_on_batch(x, y)
+    path = model.training_checkpoint().save(str(tmp_path / "ckpt"))
+    saved = [v.numpy() for v in model.variables]
+    model.train_on_batch(x, y)
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(saved, model.variables,
+                                                                 strict=True))
+    model.training_checkpoint().restore(path).assert_consumed()
+    for a, v in zip(saved, model.variables, strict=True):
+        np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
+    assert int(model.optimizer.iterations) == 1
