@@ -168,16 +168,21 @@ class MeanTeacher(keras.Model):
         if isinstance(images, (tuple, list)):
             images = images[0]
         images = tf.convert_to_tensor(images, tf.float32)
-        self.student(images, training=True, initialize=True)
-        sample = images[:1]
-        self.teacher(sample, training=False)
-        if self.pi_branch is not None:
-            self.pi_branch(sample, training=False)
-        for teacher_var, student_var in self._teacher_student_pairs():
-            teacher_var.assign(student_var)
-        for network in (self.student, self.teacher, self.pi_branch):
-            for layer in (network.weight_norm_layers if network is not None else ()):
-                layer.eval_mean.assign(tf.zeros_like(layer.eval_mean))
+        # Under a tf.distribute strategy the variables are created here: in its scope. The
+        # init runs on the whole batch, so every replica gets the same g and b.
+        with self.distribute_strategy.scope():
+            self.student(images, training=True, initialize=True)
+            sample = images[:1]
+            self.teacher(sample, training=False)
+            if self.pi_branch is not None:
+                self.pi_branch(sample, training=False)
+            for teacher_var, student_var in self._teacher_student_pairs():
+                teacher_var.assign(student_var)
+            for network in (self.student, self.teacher, self.pi_branch):
+                for layer in (network.weight_norm_layers if network is not None else ()):
+                    layer.eval_mean.assign(tf.zeros_like(layer.eval_mean))
+            if self.optimizer is not None:
+                self.optimizer.build(self.student.trainable_variables)
         self.is_initialized.assign(True)
         self.built = True
 
@@ -284,8 +289,15 @@ class MeanTeacher(keras.Model):
             self._update_teacher(schedule["ema_decay"])
         self.optimizer.apply(gradients, variables)
 
+        # The totals are batch *sums*: on N replicas each computes its share, and the sum of the
+        # gradients is the global one. Reported times N, their mean over replicas (what Keras
+        # metrics take) is the global total.
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        for name in ("train/total_cost/mt", "train/total_cost/pi"):
+            if name in values:
+                values[name] = values[name] * replicas
         values.update({
-            "loss": loss,
+            "loss": loss * replicas,
             **schedule,
             "train/error/1": losses.mean_error(class_1, labels),
             "train/error/ema": losses.mean_error(class_ema, labels),

@@ -38,13 +38,13 @@ def test_quickstart_prints_both_errors_as_json(tmp_path):
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert {"teacher_error", "student_error", "supervised_error", "n_labeled", "steps",
             "seconds"} <= set(summary)
-    assert summary["n_labeled"] == 50 and summary["steps"] == 20
+    assert summary["n_labeled"] == 20 and summary["steps"] == 20
     assert all(0.0 <= summary[k] <= 1.0 for k in ("teacher_error", "supervised_error"))
     for run_dir in ("mean_teacher", "supervised"):
         results = json.loads((tmp_path / run_dir / "results.json").read_text())
         assert results["step"] == 20
         assert (tmp_path / run_dir / "teacher" / "saved_model.pb").exists()
-    assert "test error with 50 labels" in completed.stdout
+    assert "test error with 20 labels" in completed.stdout
 
 
 def final_state(results_dir):
