@@ -178,7 +178,8 @@ def fingerprint(array, probe_seed: int = 99, n_probes: int = 8) -> tuple[np.ndar
     return np.array([a.sum(), a @ a]), _PROBES[key] @ a
 
 
-def replay(fixture: dict, *, teacher_reads_ema: str | None = None, verbose: bool = False) -> dict:
+def replay(fixture: dict, *, teacher_reads_ema: str | None = None, jit_compile: bool = False,
+           verbose: bool = False) -> dict:
     """Runs the fixture's init, steps and evaluation; returns the port's values by fixture key."""
     settings = fixture["settings"]
     variant = teacher_reads_ema or settings.get("ema_race_variant", "pre")
@@ -199,7 +200,7 @@ def replay(fixture: dict, *, teacher_reads_ema: str | None = None, verbose: bool
     out["init/beta1_power"] = model.optimizer.beta_1_power.numpy()
     out["init/beta2_power"] = model.optimizer.beta_2_power.numpy()
 
-    step = tf.function(model.compute_train_step)
+    step = tf.function(model.compute_train_step, jit_compile=jit_compile)
     metrics, logits, steps_before = {}, {}, []
     for k in range(1, len(batches_x)):
         started = time.perf_counter()
@@ -330,11 +331,12 @@ class FixtureReport:
 
 
 def check_fixture(path: str | Path, *, teacher_reads_ema: str | None = None,
-                  verbose: bool = False) -> FixtureReport:
+                  jit_compile: bool = False, verbose: bool = False) -> FixtureReport:
     """Loads, replays and compares one fixture."""
     started = time.perf_counter()
     fixture = load_fixture(path)
-    port = replay(fixture, teacher_reads_ema=teacher_reads_ema, verbose=verbose)
+    port = replay(fixture, teacher_reads_ema=teacher_reads_ema, jit_compile=jit_compile,
+                  verbose=verbose)
     return FixtureReport(Path(path).name, compare(fixture, port), time.perf_counter() - started)
 
 
@@ -346,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("fixtures", nargs="+", metavar="FIXTURE.npz")
     parser.add_argument("--teacher_reads_ema", choices=("pre", "post"), default=None,
                         help="override the fixture's EMA-read variant (to see that it matters)")
+    parser.add_argument("--jit_compile", action="store_true",
+                        help="replay the training steps compiled with XLA")
     parser.add_argument("--verbose", action="store_true", help="print each step's time")
     args = parser.parse_args(argv)
 
@@ -353,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in args.fixtures:
         try:
             report = check_fixture(path, teacher_reads_ema=args.teacher_reads_ema,
-                                   verbose=args.verbose)
+                                   jit_compile=args.jit_compile, verbose=args.verbose)
         except FixtureError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2

@@ -34,6 +34,12 @@ def test_fixture_replays_within_tolerance(path):
     assert by_group["eval_means/student"].n_keys == 22  # primary and secondary towers
 
 
+def test_the_xla_compiled_step_replays_within_tolerance():
+    report = conformance.check_fixture(REFERENCE_DIR / "mt_two_logits.npz", jit_compile=True)
+    failures = [r for r in report.results if not r.passed]
+    assert not failures, conformance.format_report(report.name, report.results, report.seconds)
+
+
 def test_the_teacher_read_variant_is_visible():
     """Replaying a `post` fixture with the `pre` ordering must fail on the teacher side."""
     report = conformance.check_fixture(REFERENCE_DIR / "mt_mse__post.npz", teacher_reads_ema="pre")
