@@ -35,7 +35,9 @@ def test_fixture_replays_within_tolerance(path):
 
 
 def test_the_xla_compiled_step_replays_within_tolerance():
-    report = conformance.check_fixture(REFERENCE_DIR / "mt_two_logits.npz", jit_compile=True)
+    # XLA's own float32 rounding is about ten times the TF1 kernels' (teacher step logits 2e-5
+    # to 6e-5 relative instead of 3e-6): within tolerance, with less margin.
+    report = conformance.check_fixture(REFERENCE_DIR / "mt_mse.npz", jit_compile=True)
     failures = [r for r in report.results if not r.passed]
     assert not failures, conformance.format_report(report.name, report.results, report.seconds)
 
