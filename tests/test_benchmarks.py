@@ -1,0 +1,104 @@
+"""The training-step benchmark runs end to end at tiny settings; its FLOP count is right.
+
+Speed is measured by `python -m benchmarks.train_step`, never asserted here.
+"""
+
+import contextlib
+import io
+import json
+import math
+
+import pytest
+
+from benchmarks import train_step
+
+TINY = ["--width", "8", "--batch", "4", "--steps", "2", "--warmup", "0",
+        "--labeled_per_batch", "2", "--pipeline_examples", "500", "--pipeline_batches", "3",
+        "--matmul_size", "64", "--conv_batch", "1", "--peak_repeats", "1"]
+
+REQUIRED_NUMBERS = ("step_seconds_median", "images_per_second", "gflop_per_step",
+                    "achieved_gflops", "peak_conv_gflops", "peak_matmul_gflops", "peak_rss_mib",
+                    "pipeline_images_per_second", "train_step_peak_rss_mib")
+
+
+def _positive_finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        math.isfinite(value) and value > 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run with XLA 'both', where the XLA-on model fails as an XLA error would."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    build_model = train_step.build_model
+
+    def build_or_fail(width, xla, pi_branch, images):
+        if xla:
+            raise RuntimeError("simulated XLA compile failure\nsecond line")
+        return build_model(width, xla, pi_branch, images)
+
+    stdout = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
+        patch.setattr(train_step, "build_model", build_or_fail)
+        report = train_step.main([*TINY, "--xla", "both", "--json", str(path)])
+    return report, json.loads(path.read_text()), stdout.getvalue()
+
+
+def test_json_has_the_required_keys_with_positive_finite_numbers(tiny_run):
+    report, written, _ = tiny_run
+    assert written == json.loads(json.dumps(report))
+    for key in REQUIRED_NUMBERS:
+        assert _positive_finite(written[key]), (key, written[key])
+    assert written["xla"] == "off"
+    assert written["pi_branch_computed"] is False
+    settings = written["settings"]
+    assert (settings["batch"], settings["steps"], settings["width"]) == (4, 2, 8)
+    assert settings["tensorflow"] and settings["cpu_count"] >= 1
+    assert set(written["pipeline"]) == {"2", "vary"}
+
+
+def test_per_mode_results_and_a_failed_mode_is_reported_not_raised(tiny_run):
+    _, written, table = tiny_run
+    off, on = written["results"]["off"], written["results"]["on"]
+    assert off["jit_compile"] is False and len(off["step_seconds"]) == 2
+    assert off["step_seconds_min"] <= off["step_seconds_median"] <= off["step_seconds_max"]
+    assert math.isfinite(off["final_loss"])
+    assert on["error"].startswith("RuntimeError: simulated XLA compile failure")
+    assert written["xla_on_speedup"] is None
+    assert written["step_seconds_median"] == off["step_seconds_median"]
+    assert _positive_finite(written["flops"]["profiler_gflop_per_step"])
+    assert written["flops"]["profiler_graph"].startswith("Keras one_step_on_data")
+    assert "FAILED" in table and "XLA on failed: RuntimeError: simulated" in table
+
+
+def test_pi_branch_flag_builds_the_third_tower():
+    model = train_step.build_model(4, False, True, train_step.fixed_batch(2, 1)[0])
+    assert model.compute_pi_branch and model.pi_branch is not None
+
+
+def test_forward_flops_of_full_width_convlarge_match_a_hand_count():
+    def conv(size, kernel, c_in, c_out):  # 2 * H * W * k * k * Cin * Cout, output H = W = size
+        return 2 * size * size * kernel * kernel * c_in * c_out
+
+    by_hand = (conv(32, 3, 3, 128) + conv(32, 3, 128, 128) + conv(32, 3, 128, 128)  # maxpool
+               + conv(16, 3, 128, 256) + conv(16, 3, 256, 256) + conv(16, 3, 256, 256)  # maxpool
+               + conv(6, 3, 256, 512)  # valid: 8x8 -> 6x6
+               + conv(6, 1, 512, 256) + conv(6, 1, 256, 128)
+               + 2 * (2 * 128 * 10))  # two dense heads
+    assert by_hand == 1_462_768_640
+    assert sum(train_step.convlarge_forward_flops(128).values()) == by_hand
+
+
+def test_step_flops_are_about_four_forwards_and_the_pi_branch_adds_one():
+    forward = sum(train_step.convlarge_forward_flops(128).values())
+    mean_teacher = train_step.step_flops(128, 100, pi_branch=False)
+    # student forward + backward (~2 forwards) + teacher forward
+    assert mean_teacher == pytest.approx(4 * 100 * forward, rel=0.01)
+    assert train_step.step_flops(128, 100, pi_branch=True) - mean_teacher == 100 * forward
+
+
+def test_flags_are_validated():
+    with pytest.raises(SystemExit):
+        train_step.parse_args(["--batch", "4", "--labeled_per_batch", "5"])
+    with pytest.raises(SystemExit):
+        train_step.parse_args(["--xla", "maybe"])
