@@ -81,6 +81,7 @@ class ConvLarge(keras.Model):
         self.input_stage = InputStage(
             normalize_input=normalize_input, flip_horizontally=flip_horizontally,
             translate=translate, input_noise=input_noise, seed=sub_seed(0), name="input_stage",
+            dtype="float32",  # per-image statistics in float32 under mixed precision too
         )
 
         def tie(name):
@@ -152,7 +153,8 @@ class ConvLarge(keras.Model):
         # The second head runs (and is initialised) even when unused, as in the original.
         secondary_logits = wn(self.fc_secondary, features)
         cons_logits = secondary_logits if self.num_logits == 2 else class_logits
-        return class_logits, cons_logits
+        # Logits in float32 whatever the compute dtype: softmaxes and costs need the range.
+        return tf.cast(class_logits, tf.float32), tf.cast(cons_logits, tf.float32)
 
     def get_config(self) -> dict:
         if self.tied_to is not None:

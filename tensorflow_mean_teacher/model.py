@@ -283,7 +283,10 @@ class MeanTeacher(keras.Model):
                     class_costs_1, cons_costs_pi, res_costs_1)
                 logits["class_logits_2"] = class_2
             loss = total_mt if hp.ema_consistency else values["train/total_cost/pi"]
-        gradients = tape.gradient(loss, variables)
+            # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer: the loss is
+            # scaled here, and unscaled (non-finite steps skipped) in apply. Else the identity.
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
 
         if self.teacher_reads_ema == "pre":
             self._update_teacher(schedule["ema_decay"])

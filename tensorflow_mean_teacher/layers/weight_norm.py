@@ -101,9 +101,10 @@ class _WeightNorm(keras.layers.Layer):
             )
             self.g = self.add_weight(name="g", shape=(self.units,), initializer="ones")
             self.b = self.add_weight(name="b", shape=(self.units,), initializer="zeros")
+        # Kept and updated in float32 under a mixed-precision policy (autocast=False).
         self.eval_mean = self.add_weight(
             name="eval_mean", shape=(self.units,), initializer="zeros", trainable=False,
-            aggregation="only_first_replica",
+            aggregation="only_first_replica", autocast=False,
         )
 
     @property
@@ -114,18 +115,21 @@ class _WeightNorm(keras.layers.Layer):
     def _centre(self, pre_bias: tf.Tensor, training: bool) -> tf.Tensor:
         """Subtracts the batch mean (and moves eval_mean towards it) or the eval mean."""
         if not training:
-            return pre_bias - self.eval_mean
+            return pre_bias - tf.cast(self.eval_mean, pre_bias.dtype)
         mean = batch_mean(pre_bias, self._batch_axes)
-        self.eval_mean.assign_sub((1.0 - self.eval_mean_decay) * (self.eval_mean - mean))
+        self.eval_mean.assign_sub(
+            (1.0 - self.eval_mean_decay) * (self.eval_mean - tf.cast(mean, tf.float32)))
         return pre_bias - mean
 
     def _initialize(self, unscaled: tf.Tensor) -> tf.Tensor:
         """Data-dependent init of g, b from `unscaled` = input convolved with V/||V||."""
+        # In float32 whatever the compute dtype: g and b are float32 variables.
+        unscaled = tf.cast(unscaled, tf.float32)
         mean, variance = batch_moments(unscaled, self._batch_axes)
         scale = 1.0 / tf.sqrt(variance + self._init_variance_epsilon)
         self.g.assign(scale)
         self.b.assign(tf.zeros_like(scale))
-        return self._activate(scale * (unscaled - mean))
+        return tf.cast(self._activate(scale * (unscaled - mean)), self.compute_dtype)
 
     def _activate(self, x: tf.Tensor) -> tf.Tensor:
         return x if self.activation is None else leaky_relu(x)
