@@ -33,3 +33,14 @@ def test_the_minimal_fit_example_runs(tmp_path):
                                text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "teacher" / "saved_model.pb").exists()
+
+
+def test_the_conformance_command_names_existing_fixtures():
+    block = re.search(r"## Conformance against the TF1 code\n\n```bash\n(.*?)```", README, re.S)
+    command = block.group(1)
+    assert command.startswith("python -m tensorflow_mean_teacher.conformance")
+    pattern = re.search(r"tests/data/reference/\{,eigen_no_onednn/\}\{(.*?)\}\.npz",
+                        command).group(1)
+    for prefix in ("", "eigen_no_onednn/"):
+        for name in pattern.split(","):
+            assert (REPO / "tests/data/reference" / f"{prefix}{name}.npz").exists()
