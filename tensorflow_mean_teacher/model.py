@@ -366,7 +366,7 @@ class MeanTeacher(keras.Model):
         return class_logits
 
     def predict_step(self, data):
-        images, _ = _unpack(data) if isinstance(data, (tuple, list)) else (data, None)
+        images, _ = _unpack(data)
         return self.teacher(images, training=False)[0]
 
     def export_teacher(self, path, *, overwrite: bool = False):
