@@ -202,7 +202,13 @@ def time_train_step(model: MeanTeacher, images: tf.Tensor, labels: tf.Tensor,
                     steps: int, warmup: int) -> dict:
     """Times `model.train_function` (fit's per-step function) on a repeated fixed batch."""
     model.make_train_function()
-    iterator = iter(tf.data.Dataset.from_tensors((images, labels)).repeat())
+    # No tf.data autotuning for a constant batch: its background thread would only compete for
+    # the CPUs, and it makes deleting the iterator block for seconds after XLA-compiled steps.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    batches = tf.data.Dataset.from_tensors((images, labels)).repeat().with_options(options)
+    iterator = iter(batches)
     losses = []
 
     def step() -> None:

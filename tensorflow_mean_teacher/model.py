@@ -181,7 +181,7 @@ class MeanTeacher(keras.Model):
             for network in (self.student, self.teacher, self.pi_branch):
                 for layer in (network.weight_norm_layers if network is not None else ()):
                     layer.eval_mean.assign(tf.zeros_like(layer.eval_mean))
-            if self.optimizer is not None:
+            if getattr(self, "optimizer", None) is not None:  # None or absent before compile()
                 self.optimizer.build(self.student.trainable_variables)
         self.is_initialized.assign(True)
         self.built = True

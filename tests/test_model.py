@@ -209,3 +209,12 @@ def test_training_checkpoint_restores_every_state(tmp_path, dropout):
     for a, v in zip(saved, model.variables, strict=True):
         np.testing.assert_array_equal(a, v.numpy(), err_msg=v.path)
     assert int(model.optimizer.iterations) == 1
+
+
+def test_initialisation_before_compile_then_training():
+    model = MeanTeacher(HyperParams(**QUICK), width=4, seed=2)
+    x, y = separable_data(20)
+    model.initialize_from_batch(x)  # before compile(): the optimizer is built by compile's user
+    model.compile()
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"]) and int(model.optimizer.iterations) == 1
