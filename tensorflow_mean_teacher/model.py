@@ -315,14 +315,15 @@ class MeanTeacher(keras.Model):
 
     def train_step(self, data):
         images, labels = _unpack(data)
-        values, logits = self.compute_train_step(images, labels)
-        labeled = tf.cast(losses.labeled_mask(tf.cast(labels, tf.int32)), tf.float32)
+        values, _ = self.compute_train_step(images, labels)
+        n_labeled = tf.reduce_sum(tf.cast(losses.labeled_mask(tf.cast(labels, tf.int32)),
+                                          tf.float32))
         for name, tracker in self._train_trackers.items():
             if name.startswith("train/error/"):
-                # A running mean over labeled examples, not over batches.
-                tower = "class_logits_1" if name.endswith("/1") else "class_logits_ema"
-                tracker.update_state(losses.errors(logits[tower], tf.cast(labels, tf.int32)),
-                                     sample_weight=labeled)
+                # Weighted by the labeled count: a running mean over labeled examples, not over
+                # batches (a batch without labels has a NaN error and weight 0).
+                error = tf.where(n_labeled > 0, values[name], 0.0)
+                tracker.update_state(error, sample_weight=n_labeled)
             else:
                 tracker.update_state(values[name])
         return {name: tracker.result() for name, tracker in self._train_trackers.items()}

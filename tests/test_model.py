@@ -218,3 +218,25 @@ def test_initialisation_before_compile_then_training():
     model.compile()
     logs = model.train_on_batch(x, y, return_dict=True)
     assert np.isfinite(logs["loss"]) and int(model.optimizer.iterations) == 1
+
+
+def test_error_metrics_average_over_labeled_examples_and_skip_unlabeled_batches():
+    x, y = separable_data(20)
+    unlabeled = np.full(10, -1, np.int32)
+
+    def fresh():
+        model = make_model(seed=5)
+        model.initialize_from_batch(x)
+        return model
+
+    first = fresh().train_on_batch(x[:10], y[:10], return_dict=True)  # 10 labeled rows
+    two_batches = tf.data.Dataset.from_tensor_slices(
+        (x, np.concatenate([y[:10], unlabeled]))).batch(10)
+    history = fresh().fit(two_batches, shuffle=False, verbose=0).history
+    epoch = {k: v[-1] for k, v in history.items()}
+    # The unlabeled batch (a NaN error in the original) adds nothing to the running error...
+    assert epoch["train/error/1"] == pytest.approx(first["train/error/1"])
+    assert epoch["train/error/ema"] == pytest.approx(first["train/error/ema"])
+    # ...while the costs are means over batches.
+    assert np.isfinite(epoch["train/class_cost/1"])
+    assert epoch["train/class_cost/1"] < first["train/class_cost/1"]
