@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tensorflow_mean_teacher.layers import WeightNormConv2D, WeightNormDense
+from tensorflow_mean_teacher.layers import WeightNormConv2D, WeightNormDense, leaky_relu
+from tensorflow_mean_teacher.layers.weight_norm import batch_mean, shift_by_batch_mean
 
 
 def numpy_conv_same(x, w):
@@ -121,3 +122,32 @@ def test_config_round_trip():
     clone = WeightNormConv2D.from_config(layer.get_config())
     assert (clone.filters, clone.kernel_size, clone.padding, clone.activation) == \
         (7, (1, 1), "valid", "leaky_relu")
+
+
+def test_shift_by_batch_mean_gradient_is_the_mean_differentiated_through():
+    """The fused op's gradient equals the float64 closed form of d(x - mean(x) + b)."""
+    rng = np.random.RandomState(3)
+    x = rng.normal(size=(3, 4, 4, 5)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    xt, bt = tf.constant(x), tf.constant(b)
+    with tf.GradientTape() as tape:
+        tape.watch([xt, bt])
+        mean = batch_mean(xt, (0, 1, 2))
+        y = shift_by_batch_mean(xt, mean, bt)
+    dx, db = tape.gradient(y, [xt, bt], output_gradients=tf.constant(upstream))
+    x64, g64 = x.astype(np.float64), upstream.astype(np.float64)
+    np.testing.assert_allclose(y.numpy(), x64 - x64.mean((0, 1, 2)) + b, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dx.numpy(), g64 - g64.mean((0, 1, 2)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(db.numpy(), g64.sum((0, 1, 2)), rtol=1e-6, atol=1e-6)
+    # Not the gradient with the mean held constant: that would pass `upstream` through.
+    assert np.abs(dx.numpy() - upstream).max() > 0.1
+
+
+def test_leaky_relu_values_and_slopes():
+    x = tf.constant([-2.0, -0.5, 0.25, 3.0])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = leaky_relu(x)
+    np.testing.assert_array_equal(y.numpy(), lrelu(x.numpy()))
+    np.testing.assert_allclose(tape.gradient(y, x).numpy(), [0.1, 0.1, 1.0, 1.0], rtol=1e-7)
