@@ -18,7 +18,8 @@ TINY = ["--width", "8", "--batch", "4", "--steps", "2", "--warmup", "0",
 
 REQUIRED_NUMBERS = ("step_seconds_median", "images_per_second", "gflop_per_step",
                     "achieved_gflops", "peak_conv_gflops", "peak_matmul_gflops", "peak_rss_mib",
-                    "pipeline_images_per_second", "train_step_peak_rss_mib")
+                    "pipeline_images_per_second", "percent_of_peak_conv", "peak_conv_gflops_max",
+                    "percent_of_max_conv", "pipeline_process_peak_rss_mib")
 
 
 def _positive_finite(value) -> bool:
@@ -40,7 +41,7 @@ def tiny_run(tmp_path_factory):
     stdout = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(stdout):
         patch.setattr(train_step, "build_model", build_or_fail)
-        report = train_step.main([*TINY, "--xla", "both", "--json", str(path)])
+        report = train_step.main([*TINY, "--xla", "both", "--in_process", "--json", str(path)])
     return report, json.loads(path.read_text()), stdout.getvalue()
 
 
@@ -61,6 +62,8 @@ def test_per_mode_results_and_a_failed_mode_is_reported_not_raised(tiny_run):
     _, written, table = tiny_run
     off, on = written["results"]["off"], written["results"]["on"]
     assert off["jit_compile"] is False and len(off["step_seconds"]) == 2
+    # A conv peak measured right before each timed step.
+    assert len(off["conv_gflops_before_each_step"]) == 2
     assert off["step_seconds_min"] <= off["step_seconds_median"] <= off["step_seconds_max"]
     assert math.isfinite(off["final_loss"])
     assert on["error"].startswith("RuntimeError: simulated XLA compile failure")
@@ -102,3 +105,33 @@ def test_flags_are_validated():
         train_step.parse_args(["--batch", "4", "--labeled_per_batch", "5"])
     with pytest.raises(SystemExit):
         train_step.parse_args(["--xla", "maybe"])
+    with pytest.raises(SystemExit):
+        train_step.parse_args(["--mode_only", "--xla", "both", "--json", "x.json"])
+
+
+def test_share_of_conv_peak_pairs_each_step_with_the_peak_measured_before_it():
+    result = {"step_seconds": [2.0, 4.0, 1.0], "step_seconds_median": 2.0,
+              "before_each_step": [{"best_gflops": 400.0}, {"best_gflops": 125.0},
+                                   {"best_gflops": 800.0}]}
+    share = train_step.share_of_conv_peak(result, 600.0, {"best_gflops": 500.0})
+    # 300/400, 150/125, 600/800 GFLOP/s -> 75%, 120%, 75%: median 75%.
+    assert share["percent_of_peak_conv_per_step"] == pytest.approx([75.0, 120.0, 75.0])
+    assert share["percent_of_peak_conv"] == pytest.approx(75.0)
+    assert share["peak_conv_gflops"] == 400.0
+    # The pessimistic reading: the median step (300 GFLOP/s) over the fastest conv seen (800).
+    assert share["peak_conv_gflops_max"] == 800.0
+    assert share["percent_of_max_conv"] == pytest.approx(37.5)
+
+
+def test_both_modes_run_in_processes_of_their_own(tmp_path):
+    path = tmp_path / "bench.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = train_step.main([*TINY, "--xla", "both", "--json", str(path)])
+    assert report["settings"]["processes"] == "one per XLA mode"
+    off, on = report["results"]["off"], report["results"]["on"]
+    assert off["jit_compile"] is False and on["jit_compile"] is True
+    for result in (off, on):
+        assert len(result["step_seconds"]) == 2 and math.isfinite(result["final_loss"])
+        assert _positive_finite(result["peak_rss_mib"])
+    assert report["peak_rss_mib"] == report["results"][report["xla"]]["peak_rss_mib"]
+    assert _positive_finite(report["flops"]["profiler_gflop_per_step"])
