@@ -17,6 +17,7 @@ from typing import Any
 
 from absl import flags
 
+from tensorflow_mean_teacher import distribution
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.inputs import check_dataset
 from tensorflow_mean_teacher.training import ResultsDirectoryError, RunConfig, train
@@ -78,7 +79,9 @@ def define_flags(defaults: RunSettings, results_dir: str) -> None:
                         "Number of labeled training examples (balanced over classes), or 'all'.")
     flags.DEFINE_boolean("test_phase", defaults.test_phase,
                          "Train on the whole training set and evaluate on the test set.")
-    flags.DEFINE_integer("batch_size", defaults.batch_size, "Minibatch size.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", defaults.batch_size,
+                         "Minibatch size: the global batch, split equally over the replicas of "
+                         "--distribute.", lower_bound=1)
     flags.DEFINE_string("n_labeled_per_batch", str(defaults.n_labeled_per_batch),
                         "Labeled examples per minibatch, or 'vary'.")
     flags.DEFINE_integer("width", defaults.width, "Channels of ConvLarge's first block.",
@@ -89,6 +92,11 @@ def define_flags(defaults: RunSettings, results_dir: str) -> None:
     flags.DEFINE_enum("teacher_reads_ema", "pre", ["pre", "post"],
                       "Whether the teacher reads its EMA weights before or after the step's "
                       "EMA update (see README).")
+    flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multi_worker"],
+                      "Spread each step over several devices: 'mirrored' (MirroredStrategy, this "
+                      "machine's GPUs) or 'multi_worker' (MultiWorkerMirroredStrategy over the "
+                      "workers of TF_CONFIG; only the chief writes --results_dir). --batch_size "
+                      "stays the global batch and must be divisible by the number of replicas.")
     flags.DEFINE_boolean("deterministic", False,
                          "Seed everything and use deterministic TensorFlow ops.")
     flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
@@ -135,6 +143,9 @@ def execute(settings: RunSettings, results_dir: str | Path, *, export_dir: str |
     """Loads the data, runs (or resumes) training, returns the results."""
     import datasets  # the top-level data package; imported here to keep flag parsing light
 
+    # First: MultiWorkerMirroredStrategy must exist before any TensorFlow operation runs.
+    strategy = distribution.strategy_from_name(FLAGS.distribute)
+    distribution.check_global_batch(settings.batch_size, strategy)
     data = datasets.load_semi_supervised(
         settings.dataset, n_labeled=settings.n_labeled, data_seed=settings.data_seed,
         test_phase=settings.test_phase, n_extra_unlabeled=settings.n_extra_unlabeled,
@@ -166,7 +177,7 @@ def execute(settings: RunSettings, results_dir: str | Path, *, export_dir: str |
             f"({data.n_labeled} labeled), {len(data.eval_labels)} evaluation images; "
             f"results in {results_dir}")
     results = train(config, stream, evaluation, results_dir, export_dir=export_dir,
-                    overwrite_export=FLAGS.overwrite_export, console=console)
+                    overwrite_export=FLAGS.overwrite_export, console=console, strategy=strategy)
     return {**results, "n_labeled": data.n_labeled}
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tensorflow_mean_teacher import losses
+from tensorflow_mean_teacher import distribution, losses
 from tensorflow_mean_teacher.architecture import ConvLarge
 from tensorflow_mean_teacher.export import export_network
 from tensorflow_mean_teacher.hyperparams import HyperParams
@@ -206,6 +206,15 @@ class MeanTeacher(keras.Model):
                 "training (the original's data-dependent initialisation), or restore a checkpoint."
             )
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds a model created in a strategy's scope from a first batch that it averages
+        # over the replicas; under MultiWorkerMirroredStrategy that average fails on an
+        # (images, labels) pair (keras-team/keras#20585). An initialised MeanTeacher (which
+        # fit/evaluate/predict require) has every variable already: nothing to build.
+        if self.built and bool(self.is_initialized.numpy()):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def fit(self, *args, **kwargs):
         self._require_initialized("fit")
         return super().fit(*args, **kwargs)
@@ -326,7 +335,7 @@ class MeanTeacher(keras.Model):
                 tracker.update_state(error, sample_weight=n_labeled)
             else:
                 tracker.update_state(values[name])
-        return {name: tracker.result() for name, tracker in self._train_trackers.items()}
+        return _results(self._train_trackers)
 
     def compute_evaluation(self, images, labels) -> tuple[dict, dict]:
         """Per-example eval quantities of student ("1") and teacher ("ema") in inference mode."""
@@ -350,7 +359,7 @@ class MeanTeacher(keras.Model):
         for name, tracker in self._eval_trackers.items():
             weight = labeled if name.startswith("eval/error/") else None
             tracker.update_state(per_example[name], sample_weight=weight)
-        return {name: tracker.result() for name, tracker in self._eval_trackers.items()}
+        return _results(self._eval_trackers)
 
     @property
     def train_metrics(self) -> list:
@@ -391,6 +400,28 @@ class MeanTeacher(keras.Model):
             "eval_mean_decay": self.eval_mean_decay,
             "seed": self.seed,
         }
+
+
+def _results(trackers: dict) -> dict:
+    """The trackers' running means, over the examples of every replica when distributed."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return {name: tracker.result() for name, tracker in trackers.items()}
+    # Each replica's trackers hold its own share. Summing totals and counts over the replicas
+    # gives every replica the global means (exact however the labeled rows are split), so
+    # Keras's average of the replicas' logs is the global mean too.
+    sums = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stack(
+        [tracker.total.value for tracker in trackers.values()]
+        + [tracker.count.value for tracker in trackers.values()]))
+    totals, counts = tf.split(sums, 2)
+    means = tf.unstack(tf.math.divide_no_nan(totals, counts))
+    strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) \
+            and distribution.num_workers(strategy) > 1:
+        # With several workers Keras reduces each log with strategy.reduce(MEAN, v, axis=0),
+        # which fails on a scalar (keras-team/keras#20585): give it that axis.
+        means = [tf.reshape(mean, [1]) for mean in means]
+    return dict(zip(trackers, means, strict=True))
 
 
 def _unpack(data):

@@ -11,6 +11,13 @@
 
 The training stream is a function of the number of batches to skip, so that a resumed run sees
 exactly the batches an uninterrupted one would have seen.
+
+With a `tf.distribute` strategy (`strategy=`), the model lives in its scope and `fit` splits each
+global batch of the stream over the replicas. The global batch defines the run: the number of
+replicas is not part of the config (a run may resume on another number of devices) and is
+recorded in `results.json`. Under `MultiWorkerMirroredStrategy` every worker calls `train` with
+the same arguments; the chief writes into `results_dir`, the other workers into a temporary
+directory, and every worker resumes from the chief's checkpoints (see `distribution`).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import keras
 import tensorflow as tf
 
 from tensorflow_mean_teacher import callbacks as cb
+from tensorflow_mean_teacher import distribution
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.inputs import IMAGE_SHAPE
 from tensorflow_mean_teacher.model import MeanTeacher
@@ -82,19 +90,26 @@ class ResultsDirectoryError(ValueError):
     """The results directory belongs to something else, or to a run with another config."""
 
 
+def holds_run(results_dir: Path, config: RunConfig) -> bool:
+    """Whether the results directory holds a run to resume; refuses one of another config."""
+    config_path = results_dir / CONFIG_FILE
+    if not config_path.exists():
+        return False
+    changed = differences(json.loads(config_path.read_text()), config.to_dict())
+    if changed:
+        raise ResultsDirectoryError(
+            f"{results_dir} holds a run with another configuration; refusing to resume it. "
+            "Differences (saved -> requested): " + "; ".join(changed)
+            + ". Use another --results_dir, or the original settings."
+        )
+    return True
+
+
 def prepare_results_dir(results_dir: Path, config: RunConfig) -> bool:
     """Creates or checks the results directory; True if it holds a run to resume."""
-    config_path = results_dir / CONFIG_FILE
-    if config_path.exists():
-        saved = json.loads(config_path.read_text())
-        changed = differences(saved, config.to_dict())
-        if changed:
-            raise ResultsDirectoryError(
-                f"{results_dir} holds a run with another configuration; refusing to resume it. "
-                "Differences (saved -> requested): " + "; ".join(changed)
-                + ". Use another --results_dir, or the original settings."
-            )
+    if holds_run(results_dir, config):
         return True
+    config_path = results_dir / CONFIG_FILE
     if results_dir.exists() and any(results_dir.iterdir()):
         raise ResultsDirectoryError(
             f"{results_dir} is not empty and has no {CONFIG_FILE}: it is not a results "
@@ -136,51 +151,86 @@ def check_stream(dataset: tf.data.Dataset, what: str) -> None:
 def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
           evaluation_data: tf.data.Dataset, results_dir: str | os.PathLike, *,
           export_dir: str | os.PathLike | None = None, overwrite_export: bool = False,
-          max_checkpoints: int = 3, console: Callable[[str], None] = print) -> dict:
+          max_checkpoints: int = 3, console: Callable[[str], None] = print,
+          strategy: tf.distribute.Strategy | None = None) -> dict:
     """Runs (or resumes) a Mean Teacher run; returns the final metrics and timing.
 
     Args:
         config: the run's settings.
         training_stream: `skip -> dataset`: the endless training stream without its first
             `skip` batches. Batch 0 initialises the model; step t trains on batch t + 1.
+            Its batches are global batches (`config.batch_size` rows), split over the replicas.
         evaluation_data: finite dataset of (images, labels) batches, all labeled.
         results_dir: where the config, logs, TensorBoard files, checkpoints, the exported
             teacher and `results.json` go. Re-running with the same directory resumes.
         export_dir: where to export the teacher (default `results_dir/teacher`).
         overwrite_export: replace an existing, non-empty export_dir.
+        strategy: a `tf.distribute.Strategy` (None: the default strategy, one device).
+            With several workers, `results_dir` must be readable by every worker.
     """
     started = time.perf_counter()
-    hp = config.hyperparams
+    strategy = strategy or tf.distribute.get_strategy()
+    distribution.check_global_batch(config.batch_size, strategy)
     results_dir = Path(results_dir)
-    export_path = Path(export_dir) if export_dir is not None else results_dir / "teacher"
     check_stream(training_stream(0), "training")
     check_stream(evaluation_data, "evaluation")
-    resuming = prepare_results_dir(results_dir, config)
+    chief = distribution.is_chief(strategy)
+    # The other workers only read the chief's directory (it must be readable by them all).
+    resuming = prepare_results_dir(results_dir, config) if chief else \
+        holds_run(results_dir, config)
+    # Every worker takes every step (the steps' reductions need them all), but only the chief
+    # writes into results_dir; the others write the same files into a temporary directory.
+    with distribution.write_directory(results_dir, strategy) as write_dir:
+        own_export = write_dir / "teacher"
+        export_path = Path(export_dir) if chief and export_dir is not None else own_export
+        if export_path.exists() and export_path == own_export:
+            overwrite_export = True  # this run's own export, from an earlier pass of the command
+        results = _run(config, training_stream, evaluation_data, results_dir, write_dir,
+                       resuming, export_path, overwrite_export, max_checkpoints, console,
+                       strategy)
+    results["seconds"] = time.perf_counter() - started
+    if chief:
+        _write_atomically(results_dir / RESULTS_FILE,
+                          json.dumps(results, indent=2, sort_keys=True))
+    return results
+
+
+def _run(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
+         evaluation_data: tf.data.Dataset, results_dir: Path, write_dir: Path, resuming: bool,
+         export_path: Path, overwrite_export: bool, max_checkpoints: int,
+         console: Callable[[str], None], strategy: tf.distribute.Strategy) -> dict:
+    """`train` once the directories are settled: reads results_dir, writes into write_dir."""
+    hp = config.hyperparams
     if config.deterministic:
         enable_determinism(config.seed)
 
-    model = MeanTeacher(hp, num_classes=config.num_classes, width=config.width,
-                        teacher_reads_ema=config.teacher_reads_ema,
-                        eval_mean_decay=config.eval_mean_decay, seed=config.seed)
-    model.compile(jit_compile=config.jit_compile)
-    training_log = cb.MetricsLog(results_dir / "training_log.csv",
-                                 results_dir / "tensorboard" / "train")
-    validation_log = cb.MetricsLog(results_dir / "validation_log.csv",
-                                   results_dir / "tensorboard" / "validation")
+    with strategy.scope():
+        model = MeanTeacher(hp, num_classes=config.num_classes, width=config.width,
+                            teacher_reads_ema=config.teacher_reads_ema,
+                            eval_mean_decay=config.eval_mean_decay, seed=config.seed)
+        model.compile(jit_compile=config.jit_compile)
+    training_log = cb.MetricsLog(write_dir / "training_log.csv",
+                                 write_dir / "tensorboard" / "train")
+    validation_log = cb.MetricsLog(write_dir / "validation_log.csv",
+                                   write_dir / "tensorboard" / "validation")
 
     # Batch 0 builds the model (and, on a fresh run, initialises it); a restore overwrites it.
     model.initialize_from_batch(training_stream(0))
     model.optimizer.build(model.student.trainable_variables)
     checkpoint = model.training_checkpoint()
-    manager = tf.train.CheckpointManager(checkpoint, str(results_dir / "checkpoints"),
+    # Every worker saves (saving is collective), each into its own write_dir; every worker
+    # restores the chief's latest checkpoint.
+    manager = tf.train.CheckpointManager(checkpoint, str(write_dir / "checkpoints"),
                                          max_to_keep=max_checkpoints)
+    latest = tf.train.latest_checkpoint(str(results_dir / "checkpoints")) if resuming else None
     step = 0
-    if resuming and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+    if latest:
+        checkpoint.restore(latest).assert_consumed()
         step = cb.global_step(model)
-        console(f"resumed from {manager.latest_checkpoint} at step {step}")
+        console(f"resumed from {latest} at step {step}")
     elif resuming:
         console(f"{results_dir} has no checkpoint yet: starting its run from step 0")
+    distribution.check_workers_agree(strategy, step)
     training_log.truncate_after(step)
     validation_log.truncate_after(step)
 
@@ -211,20 +261,17 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
         final = validation_logger.last[1]
     else:  # a finished run re-invoked: nothing was trained, evaluate once
         final = _evaluate(model, evaluation_data)
-    if export_path.exists() and export_path == results_dir / "teacher":
-        overwrite_export = True  # this run's own export, from an earlier pass of the command
     model.export_teacher(export_path, overwrite=overwrite_export)
     console(f"exported the teacher to {export_path}")
-    results = {
+    return {
         "step": cb.global_step(model),
         **final,
         "teacher_error": final["eval/error/ema"],
         "student_error": final["eval/error/1"],
-        "seconds": time.perf_counter() - started,
+        "replicas": strategy.num_replicas_in_sync,
+        "workers": distribution.num_workers(strategy),
         "export_dir": str(export_path),
     }
-    _write_atomically(results_dir / RESULTS_FILE, json.dumps(results, indent=2, sort_keys=True))
-    return results
 
 
 def _evaluate(model: MeanTeacher, evaluation_data: tf.data.Dataset) -> dict[str, float]:

@@ -98,6 +98,7 @@ def test_only_filters_on_the_original_parameters(tmp_path):
     ("--cell=9999", ["--cell 9999", "0-35"]),
     ("--training_length=-3", ["training_length", "-3"]),
     ("--n_labeled=abc", ["--n_labeled", "abc"]),
+    ("--distribute=bogus", ["--distribute=bogus", "<none|mirrored|multi_worker>"]),
 ])
 def test_bad_flag_values_give_one_line_and_no_traceback(tmp_path, flag, expected):
     done = run_module("svhn_250_vary_trust", flag, cwd=tmp_path)
