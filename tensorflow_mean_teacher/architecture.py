@@ -11,7 +11,12 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tensorflow_mean_teacher.layers import InputStage, WeightNormConv2D, WeightNormDense
+from tensorflow_mean_teacher.layers import (
+    Dropout,
+    InputStage,
+    WeightNormConv2D,
+    WeightNormDense,
+)
 
 # (name, width multiple, kernel size, padding) of the convolutions, in order.
 _CONV_LAYERS = (
@@ -98,11 +103,9 @@ class ConvLarge(keras.Model):
             for i, (name, multiple, kernel, padding) in enumerate(_CONV_LAYERS)
         ]
         self.max_pool_1 = keras.layers.MaxPooling2D(2, name="max_pool_1")
-        self.dropout_1 = keras.layers.Dropout(self.dropout_probability, seed=sub_seed(1),
-                                              name="dropout_1")
+        self.dropout_1 = Dropout(self.dropout_probability, seed=sub_seed(1), name="dropout_1")
         self.max_pool_2 = keras.layers.MaxPooling2D(2, name="max_pool_2")
-        self.dropout_2 = keras.layers.Dropout(self.dropout_probability, seed=sub_seed(2),
-                                              name="dropout_2")
+        self.dropout_2 = Dropout(self.dropout_probability, seed=sub_seed(2), name="dropout_2")
         self.avg_pool = keras.layers.AveragePooling2D(6, strides=2, name="avg_pool")
         self.flatten = keras.layers.Flatten(name="flatten")
         self.fc_primary = WeightNormDense(
@@ -126,7 +129,7 @@ class ConvLarge(keras.Model):
                                             eval_mean=layer.eval_mean)
             for layer in self.weight_norm_layers
         }
-        # (Keras' Dropout has no generator at rate 0.)
+        # (Dropout has no generator at rate 0.)
         generators = {
             name: layer.seed_generator.state
             for name, layer in (("input_stage", self.input_stage),

@@ -57,8 +57,18 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 """ + SETUP + r"""
 single = run(tf.distribute.get_strategy())
-mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+mirrored = run(strategy)
+
+# The random perturbations of the two replicas' shares: the same input on both replicas.
+from tensorflow_mean_teacher.layers import Dropout, InputStage
+with strategy.scope():
+    stage = InputStage(input_noise=0.15, seed=4)
+    dropout = Dropout(0.5, seed=5)
+draws = strategy.experimental_local_results(strategy.run(lambda: (
+    stage(tf.constant(x[0][:4]), training=True), dropout(tf.ones([4, 64]), training=True))))
 print(json.dumps({
+    "replica_draws_equal": [bool(np.array_equal(draws[0][i], draws[1][i])) for i in range(2)],
     "replicas": [single[3], mirrored[3]],
     "init_g_max_abs": max(float(np.abs(a - b).max()) for a, b in zip(single[0], mirrored[0])),
     "weights_max_rel": max(float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-6))
@@ -135,6 +145,8 @@ def test_two_replicas_match_one_device(tmp_path):
     assert result["weights_max_rel"] < 1e-4, result
     for name, (one, two) in result["logs"].items():
         assert_close(name, one, two)
+    # Each replica's share gets its own noise, translations, flips and dropout masks.
+    assert result["replica_draws_equal"] == [False, False]
 
 
 def free_ports(count):

@@ -6,6 +6,7 @@ from tensorflow_mean_teacher.layers.input_stage import (
     normalize_per_image,
     translate_images,
 )
+from tensorflow_mean_teacher.layers.random import Dropout, ReplicaSeedGenerator
 from tensorflow_mean_teacher.layers.weight_norm import (
     WeightNormConv2D,
     WeightNormDense,
@@ -13,7 +14,9 @@ from tensorflow_mean_teacher.layers.weight_norm import (
 )
 
 __all__ = [
+    "Dropout",
     "InputStage",
+    "ReplicaSeedGenerator",
     "WeightNormConv2D",
     "WeightNormDense",
     "flip_images",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tensorflow_mean_teacher.layers.random import ReplicaSeedGenerator
+
 
 def normalize_per_image(images: tf.Tensor) -> tf.Tensor:
     """(x - mean) / sqrt(var + 1e-12) over each image's pixels and channels jointly.
@@ -72,7 +74,7 @@ class InputStage(keras.layers.Layer):
         self.input_noise = float(input_noise)
         self.translate_scale = int(translate_scale)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed_generator = ReplicaSeedGenerator(seed)
 
     def call(self, images, training=False):
         x = normalize_per_image(images) if self.normalize_input else images
