@@ -42,15 +42,17 @@ def batch_mean(x: tf.Tensor, axes) -> tf.Tensor:
     return tf.cast(mean, x.dtype)
 
 
-def shift_by_batch_mean(pre_bias: tf.Tensor, mean: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
-    """`pre_bias - mean + bias`, where `mean` is the batch mean of `pre_bias` over every axis
-    but the last (the channels).
+def shift_by_batch_mean(pre_bias: tf.Tensor, bias: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """`pre_bias - mean + bias` and `mean`, the batch mean of `pre_bias` over every axis but the
+    last (the channels).
 
-    Its gradient is the one of that expression with `mean` differentiated through
-    (`d pre_bias = g - batch_mean(g)`, `d bias = sum(g)`, none for `mean` itself) in two passes
-    over the activation, where autodiff of subtract, mean and bias-add makes five.
+    The gradient is the one of that expression with `mean` differentiated through
+    (`d pre_bias = g - batch_mean(g)`, `d bias = sum(g)`) in two passes over the activation,
+    where autodiff of subtract, mean and bias-add makes five. The returned `mean` (for the
+    eval-mean update) carries no gradient.
     """
     axes = tuple(range(pre_bias.shape.rank - 1))
+    mean = tf.stop_gradient(batch_mean(pre_bias, axes))
 
     @tf.custom_gradient
     def shift(pre_bias, bias):
@@ -58,9 +60,9 @@ def shift_by_batch_mean(pre_bias: tf.Tensor, mean: tf.Tensor, bias: tf.Tensor) -
             d_pre_bias = tf.nn.bias_add(upstream, -batch_mean(upstream, axes))
             return d_pre_bias, tf.raw_ops.BiasAddGrad(out_backprop=upstream)
 
-        return tf.nn.bias_add(pre_bias, bias - tf.stop_gradient(mean)), gradient
+        return tf.nn.bias_add(pre_bias, bias - mean), gradient
 
-    return shift(pre_bias, bias)
+    return shift(pre_bias, bias), mean
 
 
 def batch_moments(x: tf.Tensor, axes) -> tuple[tf.Tensor, tf.Tensor]:
@@ -145,9 +147,12 @@ class _WeightNorm(keras.layers.Layer):
     def _observe_batch_mean(self, pre_bias: tf.Tensor) -> tf.Tensor:
         """The batch mean of `pre_bias`; moves eval_mean towards it."""
         mean = batch_mean(pre_bias, self._batch_axes)
+        self._move_eval_mean(mean)
+        return mean
+
+    def _move_eval_mean(self, mean: tf.Tensor) -> None:
         self.eval_mean.assign_sub(
             (1.0 - self.eval_mean_decay) * (self.eval_mean - tf.cast(mean, tf.float32)))
-        return mean
 
     def _eval_mean(self, like: tf.Tensor) -> tf.Tensor:
         return tf.cast(self.eval_mean, like.dtype)
@@ -228,7 +233,8 @@ class WeightNormConv2D(_WeightNorm):
         y = self._convolve(inputs, self.g * direction)
         bias = tf.convert_to_tensor(self.b)  # The compute dtype under a mixed policy.
         if training:
-            y = shift_by_batch_mean(y, self._observe_batch_mean(y), bias)
+            y, mean = shift_by_batch_mean(y, bias)
+            self._move_eval_mean(mean)
         else:
             y = tf.nn.bias_add(y, bias - self._eval_mean(y))
         return self._activate(y)
