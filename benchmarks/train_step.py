@@ -26,7 +26,8 @@ are its own. In that process, in this order (progress lines on stderr):
    its own moment. A mode that fails (e.g. an XLA compile error) is reported with its error.
 3. (In the parent process) the `tf.data` input pipeline alone: `datasets.training_dataset` on
    `--pipeline_examples` random 32x32x3 float32 images (4,000 labeled), batch `--batch`, with
-   n_labeled_per_batch=`--labeled_per_batch` (the top-level figure) and 'vary'.
+   n_labeled_per_batch=`--labeled_per_batch` (the top-level figure) and 'vary'. As in the
+   runners, both streams gather from one `datasets.host_images` copy of the array.
 
 Share of the peak: `percent_of_peak_conv` is the median over the timed steps of (the step's
 GFLOP/s / the conv peak measured right before it); `percent_of_max_conv`, the pessimistic
@@ -59,7 +60,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from datasets import training_dataset
+from datasets import host_images, training_dataset
 from tensorflow_mean_teacher import HyperParams, MeanTeacher
 
 _START = time.perf_counter()
@@ -282,7 +283,7 @@ def share_of_conv_peak(result: dict, gflop: float, start_peak: dict) -> dict:
     }
 
 
-def measure_pipeline(images: np.ndarray, labels: np.ndarray, batch: int,
+def measure_pipeline(images: np.ndarray | tf.Variable, labels: np.ndarray, batch: int,
                      n_labeled_per_batch: int | str, batches: int, warmup: int = 10) -> dict:
     """Images per second that `datasets.training_dataset` delivers, iterated alone."""
     dataset = training_dataset(images, labels, batch_size=batch,
@@ -512,12 +513,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results = {mode: m["result"] for mode, m in measured.items()}
 
     log(f"input pipeline: {args.pipeline_examples} random float32 images")
-    data = pipeline_data(args.pipeline_examples)
+    images, labels = pipeline_data(args.pipeline_examples)
+    stored = host_images(images)
     pipeline = {
-        str(mode): measure_pipeline(*data, args.batch, mode, args.pipeline_batches)
+        str(mode): measure_pipeline(stored, labels, args.batch, mode, args.pipeline_batches)
         for mode in (args.labeled_per_batch, "vary")
     }
-    del data
+    del images, stored
 
     gflop = step_flops(args.width, args.batch, args.pi_branch) / 1e9
     profiled = [m["profiler"] for m in measured.values() if m["profiler"].get("profiler_graph")]

@@ -2,7 +2,7 @@
 
 from datasets.cifar10 import load_cifar10
 from datasets.digits import load_digits
-from datasets.minibatching import UNLABELED, evaluation_dataset, training_dataset
+from datasets.minibatching import UNLABELED, evaluation_dataset, host_images, training_dataset
 from datasets.partition import extra_unlabeled_indices, partition_indices, training_rows
 from datasets.preprocessing import cached_gcn_zca, gcn_zca
 from datasets.registry import DATASETS, load
@@ -17,6 +17,7 @@ __all__ = [
     "evaluation_dataset",
     "extra_unlabeled_indices",
     "gcn_zca",
+    "host_images",
     "load",
     "load_cifar10",
     "load_digits",

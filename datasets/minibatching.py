@@ -15,9 +15,12 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["UNLABELED", "evaluation_dataset", "training_dataset"]
+__all__ = ["UNLABELED", "evaluation_dataset", "host_images", "training_dataset"]
 
 UNLABELED = -1
+
+# Rows copied into the host variable at a time: the copy costs one chunk of extra memory.
+_COPY_CHUNK_ROWS = 4096
 
 # Stream ids, folded into the seed so that the two streams of a mixed batch are independent.
 _ALL_EXAMPLES_STREAM = 0
@@ -32,15 +35,45 @@ def _check_batch_size(batch_size: object) -> int:
     return int(batch_size)
 
 
-def _check_images_and_labels(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
+def host_images(images: np.ndarray | tf.Variable | tf.Tensor) -> tf.Variable | tf.Tensor:
+    """`images` in host (CPU) memory, once, for the streams of this module to gather from.
+
+    A tensor captured by a `tf.data` function is copied again each time `tf.data` rewrites
+    the pipeline (at every new iterator), and converting a whole array at once briefly holds
+    it twice. A variable is captured by its handle and is filled here in chunks of rows, so
+    the host holds one copy of the images plus one chunk. Build it once and pass it to every
+    `training_dataset` / `evaluation_dataset` call of a run.
+
+    Inside a `tf.distribute` strategy's scope a variable would be mirrored onto every
+    replica's device, so there the images become a plain tensor instead (the copies above).
+    A `tf.Variable` or a tensor is returned as it is.
+    """
+    if isinstance(images, (tf.Variable, tf.Tensor)):
+        return images
     images = np.asarray(images)
+    if tf.distribute.has_strategy():
+        return tf.convert_to_tensor(images)
+    with tf.device("/cpu:0"):
+        stored = tf.Variable(tf.zeros(images.shape, images.dtype), trainable=False,
+                             name="host_images")
+    for start in range(0, images.shape[0], _COPY_CHUNK_ROWS):
+        rows = tf.range(start, min(start + _COPY_CHUNK_ROWS, images.shape[0]))
+        # scatter_update writes in place; a sliced assign would first copy the whole buffer.
+        stored.scatter_update(tf.IndexedSlices(images[start:start + _COPY_CHUNK_ROWS], rows))
+    return stored
+
+
+def _check_images_and_labels(images: np.ndarray | tf.Variable | tf.Tensor,
+                             labels: np.ndarray) -> tuple[np.ndarray | tf.Variable, np.ndarray]:
+    if not isinstance(images, (tf.Variable, tf.Tensor)):
+        images = np.asarray(images)
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be a 1-D array. Received shape: {labels.shape}")
-    if images.ndim < 1 or len(images) != len(labels):
+    if len(images.shape) < 1 or images.shape[0] != len(labels):
         raise ValueError(
             "images and labels must have the same number of rows. "
-            f"Received: images {images.shape}, labels {labels.shape}"
+            f"Received: images {tuple(images.shape)}, labels {labels.shape}"
         )
     if len(labels) == 0:
         raise ValueError("images and labels are empty: there is nothing to iterate over.")
@@ -102,7 +135,7 @@ def _check_mode(n_labeled_per_batch: object, batch_size: int) -> int | None:
 
 
 def training_dataset(
-    images: np.ndarray,
+    images: np.ndarray | tf.Variable,
     labels: np.ndarray,
     *,
     batch_size: int = 100,
@@ -113,7 +146,8 @@ def training_dataset(
     """Endless training minibatches `(images float32 (B, ...), labels int32 (B,))`.
 
     Args:
-        images: (N, H, W, C) training images, labeled and unlabeled rows together.
+        images: (N, H, W, C) training images, labeled and unlabeled rows together: an
+            array, or `host_images(array)` to share one host copy between several streams.
         labels: (N,) class ids, -1 for unlabeled rows (see `partition.training_rows`).
         batch_size: B, examples per minibatch.
         n_labeled_per_batch: 'vary': each batch is drawn from all N rows, labeled and
@@ -131,10 +165,10 @@ def training_dataset(
             or skip_batches < 0:
         raise ValueError(f"skip_batches must be an integer >= 0. Received: {skip_batches!r}")
 
-    # Gathering whole batches from one captured tensor keeps per-example work out of the
-    # pipeline, and a captured eager tensor (unlike a graph constant) has no 2 GB limit.
+    # Gathering whole batches from one host variable keeps per-example work out of the
+    # pipeline, and a captured variable (unlike a graph constant) has no 2 GB limit.
     # Images keep their stored dtype until gathered, so uint8 inputs stay small in memory.
-    all_images = tf.convert_to_tensor(images)
+    all_images = host_images(images)
     all_labels = tf.convert_to_tensor(labels.astype(np.int32))
 
     def gather(rows: tf.Tensor, keep_labels: bool) -> tuple[tf.Tensor, tf.Tensor]:
@@ -177,24 +211,23 @@ def training_dataset(
 
 
 def evaluation_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int = 100
+    images: np.ndarray | tf.Variable, labels: np.ndarray, batch_size: int = 100
 ) -> tf.data.Dataset:
     """One in-order pass over `(images, labels)` in batches of `batch_size` (last one smaller).
 
-    Yields `(images float32 (b, ...), labels int32 (b,))`.
+    `images` is an array or `host_images(array)`. Yields `(images float32 (b, ...), labels
+    int32 (b,))`.
     """
     batch_size = _check_batch_size(batch_size)
     images, labels = _check_images_and_labels(images, labels)
-    all_images = tf.convert_to_tensor(images)
+    all_images = host_images(images)
     all_labels = tf.convert_to_tensor(labels.astype(np.int32))
     n_examples = len(labels)
-    return (
-        tf.data.Dataset.range(0, n_examples, batch_size)
-        .map(
-            lambda start: (
-                tf.cast(all_images[start : start + batch_size], tf.float32),
-                all_labels[start : start + batch_size],
-            )
-        )
-        .prefetch(tf.data.AUTOTUNE)
-    )
+
+    def batch(start: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # A gather, not a slice: once a variable has had sparse access (the chunked fill),
+        # reading it whole copies it, and a slice would read it whole.
+        rows = tf.range(start, tf.minimum(start + batch_size, n_examples))
+        return tf.cast(tf.gather(all_images, rows), tf.float32), tf.gather(all_labels, rows)
+
+    return tf.data.Dataset.range(0, n_examples, batch_size).map(batch).prefetch(tf.data.AUTOTUNE)

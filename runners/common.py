@@ -166,13 +166,17 @@ def execute(settings: RunSettings, results_dir: str | Path, *, export_dir: str |
               "n_labeled_per_batch": settings.n_labeled_per_batch},
     )
 
+    # One host copy of the images serves every stream of the run (a new one per `fit` call).
+    train_images = datasets.host_images(data.train_images)
+
     def stream(skip_batches: int):
         return datasets.training_dataset(
-            data.train_images, data.train_labels, batch_size=settings.batch_size,
+            train_images, data.train_labels, batch_size=settings.batch_size,
             n_labeled_per_batch=settings.n_labeled_per_batch, seed=settings.data_seed,
             skip_batches=skip_batches)
 
-    evaluation = datasets.evaluation_dataset(data.eval_images, data.eval_labels, batch_size=100)
+    evaluation = datasets.evaluation_dataset(datasets.host_images(data.eval_images),
+                                             data.eval_labels, batch_size=100)
     console(f"{settings.describe()}: {len(data.train_labels)} training images "
             f"({data.n_labeled} labeled), {len(data.eval_labels)} evaluation images; "
             f"results in {results_dir}")

@@ -2,8 +2,10 @@ import itertools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from datasets.minibatching import evaluation_dataset, training_dataset
+from datasets import minibatching
+from datasets.minibatching import evaluation_dataset, host_images, training_dataset
 
 N_EXAMPLES = 30
 
@@ -249,3 +251,43 @@ def test_skip_batches_continues_the_same_stream(mode):
 def test_skip_batches_must_be_a_count():
     with pytest.raises(ValueError, match="skip_batches must be an integer >= 0. Received: -1"):
         training_dataset(np.zeros((4, 1)), np.zeros(4, np.int32), batch_size=2, skip_batches=-1)
+
+
+def test_host_images_copies_every_chunk_into_one_cpu_variable(monkeypatch):
+    monkeypatch.setattr(minibatching, "_COPY_CHUNK_ROWS", 7)  # 30 rows: 4 full chunks + 2
+    images = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3)).astype(np.uint8)
+    stored = host_images(images)
+    assert isinstance(stored, tf.Variable) and not stored.trainable
+    assert stored.dtype == tf.uint8 and "CPU" in stored.device
+    np.testing.assert_array_equal(stored.numpy(), images)
+    assert host_images(stored) is stored
+
+
+@pytest.mark.parametrize("mode", ["vary", 3, 10])
+def test_a_shared_host_copy_gives_the_same_streams_as_the_array(mode):
+    images, labels = _images(), _labels()
+    stored = host_images(images)
+    for skip in (0, 4):  # several streams of one run share the copy
+        from_array = _take(training_dataset(images, labels, batch_size=10, seed=2,
+                                            n_labeled_per_batch=mode, skip_batches=skip), 6)
+        from_copy = _take(training_dataset(stored, labels, batch_size=10, seed=2,
+                                           n_labeled_per_batch=mode, skip_batches=skip), 6)
+        for (x_array, y_array), (x_copy, y_copy) in zip(from_array, from_copy, strict=True):
+            np.testing.assert_array_equal(x_copy, x_array)
+            np.testing.assert_array_equal(y_copy, y_array)
+    evaluated = list(evaluation_dataset(stored, labels, batch_size=8).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in evaluated]), images)
+
+
+def test_host_images_inside_a_strategy_scope_is_a_plain_tensor():
+    # A variable made there would be mirrored onto every replica's device.
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        stored = host_images(_images())
+    assert not isinstance(stored, tf.Variable)
+    np.testing.assert_array_equal(stored.numpy(), _images())
+
+
+def test_a_host_copy_with_other_row_count_than_the_labels_is_refused():
+    with pytest.raises(ValueError, match=r"same number of rows\. Received: images "
+                                         r"\(30, 32, 32, 3\), labels \(29,\)"):
+        training_dataset(host_images(_images()), _labels(29), batch_size=5)

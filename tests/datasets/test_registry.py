@@ -44,6 +44,7 @@ def test_public_api():
         "load_cifar10",
         "training_dataset",
         "evaluation_dataset",
+        "host_images",
         "load",
     ):
         assert name in datasets.__all__ and callable(getattr(datasets, name))
