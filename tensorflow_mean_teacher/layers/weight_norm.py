@@ -42,27 +42,65 @@ def batch_mean(x: tf.Tensor, axes) -> tf.Tensor:
     return tf.cast(mean, x.dtype)
 
 
-def shift_by_batch_mean(pre_bias: tf.Tensor, bias: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """`pre_bias - mean + bias` and `mean`, the batch mean of `pre_bias` over every axis but the
-    last (the channels).
+def conv2d_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.Tensor:
+    """The per-channel batch mean of `conv2d(inputs, kernel)` (stride 1), without the output.
+
+    A convolution is linear in its input, zero padding included, so the outputs summed over
+    the batch are the convolution of the inputs summed over the batch: one pass over the
+    input and a batch-1 convolution, instead of a pass over the output. Leaving the output
+    alone lets TensorFlow fuse the convolution, bias and activation into one op.
+    Accumulated in float32, returned in the dtype of `inputs`.
+    """
+    summed = tf.reduce_sum(tf.cast(inputs, tf.float32), axis=0, keepdims=True)
+    outputs = tf.nn.conv2d(summed, tf.cast(kernel, tf.float32), strides=1, padding=padding)
+    count = tf.cast(tf.shape(inputs)[0] * tf.shape(outputs)[1] * tf.shape(outputs)[2],
+                    tf.float32)
+    mean = tf.reduce_sum(outputs, axis=(0, 1, 2)) / count
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        mean = context.all_reduce(tf.distribute.ReduceOp.MEAN, mean)
+    return tf.cast(mean, inputs.dtype)
+
+
+def conv2d_minus_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor,
+                            padding: str, leaky: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    """`activation(conv2d(inputs, kernel) - mean + bias)` and `mean`, the batch mean of the
+    convolution over every axis but the channels (stride 1; `leaky` picks the activation).
 
     The gradient is the one of that expression with `mean` differentiated through
-    (`d pre_bias = g - batch_mean(g)`, `d bias = sum(g)`) in two passes over the activation,
-    where autodiff of subtract, mean and bias-add makes five. The returned `mean` (for the
-    eval-mean update) carries no gradient.
+    (`d conv = g - batch_mean(g)`, `d bias = sum(g)`, g taken after the activation). It is
+    written out so that nothing but the convolution's inputs and the block's output is kept
+    for it: the convolution, bias add and activation then run as one fused op, and the
+    backward pass makes two passes over the activation where autodiff made five. The
+    returned `mean` (for the eval-mean update) carries no gradient.
     """
-    axes = tuple(range(pre_bias.shape.rank - 1))
-    mean = tf.stop_gradient(batch_mean(pre_bias, axes))
+    padding = padding.upper()
+    mean = tf.stop_gradient(conv2d_batch_mean(inputs, kernel, padding))
+    strides = [1, 1, 1, 1]
 
     @tf.custom_gradient
-    def shift(pre_bias, bias):
+    def block(inputs, kernel, bias):
+        outputs = tf.nn.bias_add(tf.nn.conv2d(inputs, kernel, strides=1, padding=padding),
+                                 bias - mean)
+        if leaky:
+            outputs = leaky_relu(outputs)
+
         def gradient(upstream):
-            d_pre_bias = tf.nn.bias_add(upstream, -batch_mean(upstream, axes))
-            return d_pre_bias, tf.raw_ops.BiasAddGrad(out_backprop=upstream)
+            if leaky:  # the output is positive exactly where the activation's input is
+                upstream = tf.raw_ops.LeakyReluGrad(gradients=upstream, features=outputs,
+                                                    alpha=0.1)
+            d_conv = tf.nn.bias_add(upstream, -batch_mean(upstream, (0, 1, 2)))
+            d_inputs = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(inputs), filter=kernel, out_backprop=d_conv,
+                strides=strides, padding=padding)
+            d_kernel = tf.raw_ops.Conv2DBackpropFilter(
+                input=inputs, filter_sizes=tf.shape(kernel), out_backprop=d_conv,
+                strides=strides, padding=padding)
+            return d_inputs, d_kernel, tf.raw_ops.BiasAddGrad(out_backprop=upstream)
 
-        return tf.nn.bias_add(pre_bias, bias - mean), gradient
+        return outputs, gradient
 
-    return shift(pre_bias, bias), mean
+    return block(inputs, kernel, bias), mean
 
 
 def batch_moments(x: tf.Tensor, axes) -> tuple[tf.Tensor, tf.Tensor]:
@@ -230,14 +268,15 @@ class WeightNormConv2D(_WeightNorm):
         direction = tf.nn.l2_normalize(self.kernel, axis=self._norm_axes)
         if initialize:
             return self._initialize(self._convolve(inputs, direction))
-        y = self._convolve(inputs, self.g * direction)
+        kernel = self.g * direction
         bias = tf.convert_to_tensor(self.b)  # The compute dtype under a mixed policy.
         if training:
-            y, mean = shift_by_batch_mean(y, bias)
+            outputs, mean = conv2d_minus_batch_mean(
+                inputs, kernel, bias, self.padding, leaky=self.activation == "leaky_relu")
             self._move_eval_mean(mean)
-        else:
-            y = tf.nn.bias_add(y, bias - self._eval_mean(y))
-        return self._activate(y)
+            return outputs
+        y = self._convolve(inputs, kernel)
+        return self._activate(tf.nn.bias_add(y, bias - self._eval_mean(y)))
 
     def compute_output_shape(self, input_shape):
         n, h, w, _ = input_shape

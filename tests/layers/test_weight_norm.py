@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from tensorflow_mean_teacher.layers import WeightNormConv2D, WeightNormDense, leaky_relu
-from tensorflow_mean_teacher.layers.weight_norm import shift_by_batch_mean
+from tensorflow_mean_teacher.layers.weight_norm import conv2d_batch_mean, conv2d_minus_batch_mean
 
 
 def numpy_conv_same(x, w):
@@ -124,24 +124,63 @@ def test_config_round_trip():
         (7, (1, 1), "valid", "leaky_relu")
 
 
-def test_shift_by_batch_mean_gradient_is_the_mean_differentiated_through():
-    """The fused op's gradient equals the float64 closed form of d(x - mean(x) + b)."""
+@pytest.mark.parametrize(("kernel_size", "padding"), [(3, "SAME"), (3, "VALID"), (1, "VALID")])
+def test_conv2d_batch_mean_is_the_mean_of_the_convolution(kernel_size, padding):
+    rng = np.random.RandomState(5)
+    x = rng.normal(1.0, 1.0, size=(6, 7, 7, 4)).astype(np.float32)
+    w = rng.normal(size=(kernel_size, kernel_size, 4, 5)).astype(np.float32)
+    reference = tf.nn.conv2d(x.astype(np.float64), w.astype(np.float64), 1, padding)
+    if padding == "SAME":  # and an independent reference for the zero padding
+        np.testing.assert_allclose(reference, numpy_conv_same(x.astype(np.float64), w),
+                                   rtol=1e-12, atol=1e-12)
+    mean = conv2d_batch_mean(tf.constant(x), tf.constant(w), padding)
+    np.testing.assert_allclose(mean.numpy(), reference.numpy().mean((0, 1, 2)), rtol=2e-6)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("leaky", [True, False])
+def test_conv2d_minus_batch_mean_matches_float64_autodiff_of_the_plain_expression(
+        padding, leaky):
+    """Values and gradients against `act(conv(x, w) - reduce_mean(conv(x, w)) + b)` in float64,
+    differentiated by TensorFlow through every op."""
     rng = np.random.RandomState(3)
-    x = rng.normal(size=(3, 4, 4, 5)).astype(np.float32)
+    x = rng.normal(size=(3, 6, 6, 4)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
     b = rng.normal(size=5).astype(np.float32)
-    upstream = rng.normal(size=x.shape).astype(np.float32)
-    xt, bt = tf.constant(x), tf.constant(b)
+    upstream = rng.normal(size=(3, 6, 6, 5) if padding == "SAME" else (3, 4, 4, 5))
+    upstream = upstream.astype(np.float32)
+
+    def gradients(dtype, block):
+        tensors = [tf.constant(a.astype(dtype)) for a in (x, w, b)]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            outputs, mean = block(*tensors)
+        return (outputs, mean, *tape.gradient(outputs, tensors,
+                                              output_gradients=tf.constant(upstream.astype(dtype))))
+
+    def plain(x, w, b):
+        y = tf.nn.conv2d(x, w, 1, padding)
+        mean = tf.reduce_mean(y, axis=(0, 1, 2))
+        z = y - mean + b
+        return (tf.maximum(z, 0.1 * z) if leaky else z), mean
+
+    fused = gradients(np.float32, lambda x, w, b: conv2d_minus_batch_mean(
+        x, w, b, padding.lower(), leaky=leaky))
+    reference = gradients(np.float64, plain)
+    for name, got, want in zip(("outputs", "mean", "d_x", "d_w", "d_b"), fused, reference,
+                               strict=True):
+        scale = np.abs(want.numpy()).max()
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=2e-6 * scale, err_msg=name)
+    # Not the gradient with the mean held constant, which passes sum(g) to every position.
     with tf.GradientTape() as tape:
-        tape.watch([xt, bt])
-        y, mean = shift_by_batch_mean(xt, bt)
-    dx, db = tape.gradient(y, [xt, bt], output_gradients=tf.constant(upstream))
-    x64, g64 = x.astype(np.float64), upstream.astype(np.float64)
-    np.testing.assert_allclose(mean.numpy(), x64.mean((0, 1, 2)), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(y.numpy(), x64 - x64.mean((0, 1, 2)) + b, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(dx.numpy(), g64 - g64.mean((0, 1, 2)), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(db.numpy(), g64.sum((0, 1, 2)), rtol=1e-6, atol=1e-6)
-    # Not the gradient with the mean held constant: that would pass `upstream` through.
-    assert np.abs(dx.numpy() - upstream).max() > 0.1
+        held = [tf.constant(a.astype(np.float64)) for a in (x, w)]
+        tape.watch(held)
+        y = tf.nn.conv2d(*held, 1, padding)
+        z = y - tf.stop_gradient(tf.reduce_mean(y, axis=(0, 1, 2))) + b
+        z = tf.maximum(z, 0.1 * z) if leaky else z
+    d_w_held = tape.gradient(z, held[1], output_gradients=tf.constant(upstream, tf.float64))
+    tolerance = 2e-6 * np.abs(reference[3].numpy()).max()
+    assert np.abs(fused[3].numpy() - d_w_held.numpy()).max() > 1000 * tolerance
 
 
 def test_leaky_relu_values_and_slopes():
