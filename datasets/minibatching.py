@@ -19,8 +19,9 @@ __all__ = ["UNLABELED", "evaluation_dataset", "host_images", "training_dataset"]
 
 UNLABELED = -1
 
-# Rows copied into the host variable at a time: the copy costs one chunk of extra memory.
-_COPY_CHUNK_ROWS = 4096
+# Bytes copied into the host variable at a time (whole rows, at least one): the copy costs
+# one chunk of extra memory.
+_COPY_CHUNK_BYTES = 64 << 20
 
 # Stream ids, folded into the seed so that the two streams of a mixed batch are independent.
 _ALL_EXAMPLES_STREAM = 0
@@ -41,14 +42,26 @@ def host_images(images: np.ndarray | tf.Variable | tf.Tensor) -> tf.Variable | t
     A tensor captured by a `tf.data` function is copied again each time `tf.data` rewrites
     the pipeline (at every new iterator), and converting a whole array at once briefly holds
     it twice. A variable is captured by its handle and is filled here in chunks of rows, so
-    the host holds one copy of the images plus one chunk. Build it once and pass it to every
-    `training_dataset` / `evaluation_dataset` call of a run.
+    besides the array the host holds one copy of the images (plus one 64 MiB chunk while
+    filling). Build it once and pass it to every `training_dataset` / `evaluation_dataset`
+    call of a run.
 
     Inside a `tf.distribute` strategy's scope a variable would be mirrored onto every
     replica's device, so there the images become a plain tensor instead (the copies above).
-    A `tf.Variable` or a tensor is returned as it is.
+    A tensor, or a variable in host memory, is returned as it is.
     """
-    if isinstance(images, (tf.Variable, tf.Tensor)):
+    if isinstance(images, tf.distribute.DistributedValues):
+        raise ValueError(
+            "images must be an array or a host (CPU) variable, not a distributed variable: "
+            "call host_images outside any strategy.scope(). Received: "
+            f"{type(images).__name__}")
+    if isinstance(images, tf.Variable):
+        if "CPU" not in images.device.upper():
+            raise ValueError(
+                "images must live in host memory: tf.data gathers its batches on the CPU. "
+                f"Received a variable on device={images.device!r}; use host_images(array).")
+        return images
+    if isinstance(images, tf.Tensor):
         return images
     images = np.asarray(images)
     if tf.distribute.has_strategy():
@@ -56,10 +69,11 @@ def host_images(images: np.ndarray | tf.Variable | tf.Tensor) -> tf.Variable | t
     with tf.device("/cpu:0"):
         stored = tf.Variable(tf.zeros(images.shape, images.dtype), trainable=False,
                              name="host_images")
-    for start in range(0, images.shape[0], _COPY_CHUNK_ROWS):
-        rows = tf.range(start, min(start + _COPY_CHUNK_ROWS, images.shape[0]))
+    rows_per_chunk = max(1, _COPY_CHUNK_BYTES // max(1, images[:1].nbytes))
+    for start in range(0, images.shape[0], rows_per_chunk):
+        rows = tf.range(start, min(start + rows_per_chunk, images.shape[0]))
         # scatter_update writes in place; a sliced assign would first copy the whole buffer.
-        stored.scatter_update(tf.IndexedSlices(images[start:start + _COPY_CHUNK_ROWS], rows))
+        stored.scatter_update(tf.IndexedSlices(images[start:start + rows_per_chunk], rows))
     return stored
 
 
@@ -135,7 +149,7 @@ def _check_mode(n_labeled_per_batch: object, batch_size: int) -> int | None:
 
 
 def training_dataset(
-    images: np.ndarray | tf.Variable,
+    images: np.ndarray | tf.Variable | tf.Tensor,
     labels: np.ndarray,
     *,
     batch_size: int = 100,
@@ -211,7 +225,7 @@ def training_dataset(
 
 
 def evaluation_dataset(
-    images: np.ndarray | tf.Variable, labels: np.ndarray, batch_size: int = 100
+    images: np.ndarray | tf.Variable | tf.Tensor, labels: np.ndarray, batch_size: int = 100
 ) -> tf.data.Dataset:
     """One in-order pass over `(images, labels)` in batches of `batch_size` (last one smaller).
 

@@ -35,6 +35,19 @@ evaluation = tf.data.Dataset.from_tensor_slices(
     (rng.uniform(size=(13, 32, 32, 3)).astype(np.float32), np.arange(13) % 10)).batch(8)
 
 
+# The runners' stream (training_dataset on a host_images variable), distributed: do this
+# process's replicas receive their rows of each global batch, from first_row on?
+def pipeline_shares_match(strategy, first_row):
+    from datasets import host_images, training_dataset
+    pipeline = training_dataset(host_images(x.reshape(-1, 32, 32, 3)), np.tile(y, 3),
+                                batch_size=8, n_labeled_per_batch=2, seed=0)
+    whole = [batch[0].numpy() for batch in pipeline.take(2)]
+    shares = [np.concatenate([t.numpy() for t in strategy.experimental_local_results(batch[0])])
+              for _, batch in zip(range(2), strategy.experimental_distribute_dataset(pipeline))]
+    return all(np.array_equal(share, rows[first_row:first_row + len(share)])
+               for share, rows in zip(shares, whole, strict=True))
+
+
 def run(strategy):
     with strategy.scope():
         model = MeanTeacher(hp, width=4, seed=1)
@@ -68,6 +81,7 @@ with strategy.scope():
 draws = strategy.experimental_local_results(strategy.run(lambda: (
     stage(tf.constant(x[0][:4]), training=True), dropout(tf.ones([4, 64]), training=True))))
 print(json.dumps({
+    "pipeline_shares_match": pipeline_shares_match(strategy, 0),
     "replica_draws_equal": [bool(np.array_equal(draws[0][i], draws[1][i])) for i in range(2)],
     "replicas": [single[3], mirrored[3]],
     "init_g_max_abs": max(float(np.abs(a - b).max()) for a, b in zip(single[0], mirrored[0])),
@@ -113,6 +127,7 @@ results = train(config, lambda skip: stream.skip(skip), evaluation, os.path.join
 
 np.savez(os.path.join(out, f"worker{index}.npz"), *weights, *init_g, *shares)
 summary = {"replicas": replicas, "logs": logs, "refused": refused, "results": results,
+           "pipeline_shares_match": pipeline_shares_match(strategy, 4 * index),
            "chief": distribution.is_chief(strategy), "weights": len(weights)}
 if index == 0:
     single = run(tf.distribute.get_strategy())
@@ -147,6 +162,7 @@ def test_two_replicas_match_one_device(tmp_path):
         assert_close(name, one, two)
     # Each replica's share gets its own noise, translations, flips and dropout masks.
     assert result["replica_draws_equal"] == [False, False]
+    assert result["pipeline_shares_match"] is True
 
 
 def free_ports(count):
@@ -210,6 +226,8 @@ def test_two_workers_split_each_global_batch_and_match_one_device(two_workers):
     for step in range(2):
         np.testing.assert_array_equal(shares[0][step], x[1 + step][:4])
         np.testing.assert_array_equal(shares[1][step], x[1 + step][4:])
+    # So does the runners' stream, which gathers from a host_images variable.
+    assert [chief["pipeline_shares_match"], other["pipeline_shares_match"]] == [True, True]
 
     # The init runs on the whole first batch on every worker: the same g as one device.
     init = slice(n_weights, n_weights + n_init)

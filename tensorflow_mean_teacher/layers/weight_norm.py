@@ -35,11 +35,15 @@ def batch_mean(x: tf.Tensor, axes) -> tf.Tensor:
     Accumulated in float32 under a float16/bfloat16 policy (a sum over 10^5 values), returned
     in the dtype of `x`.
     """
-    mean = tf.reduce_mean(tf.cast(x, tf.float32), axes)
+    return tf.cast(_replica_mean(tf.reduce_mean(tf.cast(x, tf.float32), axes)), x.dtype)
+
+
+def _replica_mean(mean: tf.Tensor) -> tf.Tensor:
+    """The mean over every replica's `mean` (each replica holds the same share of the batch)."""
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
         mean = context.all_reduce(tf.distribute.ReduceOp.MEAN, mean)
-    return tf.cast(mean, x.dtype)
+    return mean
 
 
 def conv2d_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.Tensor:
@@ -53,13 +57,15 @@ def conv2d_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, padding: str) -> tf.
     """
     summed = tf.reduce_sum(tf.cast(inputs, tf.float32), axis=0, keepdims=True)
     outputs = tf.nn.conv2d(summed, tf.cast(kernel, tf.float32), strides=1, padding=padding)
-    count = tf.cast(tf.shape(inputs)[0] * tf.shape(outputs)[1] * tf.shape(outputs)[2],
-                    tf.float32)
-    mean = tf.reduce_sum(outputs, axis=(0, 1, 2)) / count
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-        mean = context.all_reduce(tf.distribute.ReduceOp.MEAN, mean)
-    return tf.cast(mean, inputs.dtype)
+    # N x H_out x W_out, from the batch-1 output's positions.
+    count = tf.cast(tf.shape(inputs)[0], tf.float32) * _positions(outputs)
+    return tf.cast(_replica_mean(tf.reduce_sum(outputs, axis=(0, 1, 2)) / count), inputs.dtype)
+
+
+def _positions(x: tf.Tensor) -> tf.Tensor:
+    """The number of values per channel of `x` (all axes but the last), as a float32 (an int32
+    product could overflow)."""
+    return tf.reduce_prod(tf.cast(tf.shape(x)[:-1], tf.float32))
 
 
 def conv2d_minus_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor,
@@ -71,7 +77,8 @@ def conv2d_minus_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tenso
     (`d conv = g - batch_mean(g)`, `d bias = sum(g)`, g taken after the activation). It is
     written out so that nothing but the convolution's inputs and the block's output is kept
     for it: the convolution, bias add and activation then run as one fused op, and the
-    backward pass makes two passes over the activation where autodiff made five. The
+    backward pass makes three passes over the activation besides the convolutions' own: the
+    activation's gradient, one sum (for the bias gradient and the mean), the subtraction. The
     returned `mean` (for the eval-mean update) carries no gradient.
     """
     padding = padding.upper()
@@ -89,14 +96,17 @@ def conv2d_minus_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tenso
             if leaky:  # the output is positive exactly where the activation's input is
                 upstream = tf.raw_ops.LeakyReluGrad(gradients=upstream, features=outputs,
                                                     alpha=0.1)
-            d_conv = tf.nn.bias_add(upstream, -batch_mean(upstream, (0, 1, 2)))
+            # One reduction serves both the bias gradient and the batch mean of the gradient.
+            total = tf.reduce_sum(tf.cast(upstream, tf.float32), axis=(0, 1, 2))
+            d_mean = _replica_mean(total / _positions(upstream))
+            d_conv = tf.nn.bias_add(upstream, -tf.cast(d_mean, upstream.dtype))
             d_inputs = tf.raw_ops.Conv2DBackpropInput(
                 input_sizes=tf.shape(inputs), filter=kernel, out_backprop=d_conv,
                 strides=strides, padding=padding)
             d_kernel = tf.raw_ops.Conv2DBackpropFilter(
                 input=inputs, filter_sizes=tf.shape(kernel), out_backprop=d_conv,
                 strides=strides, padding=padding)
-            return d_inputs, d_kernel, tf.raw_ops.BiasAddGrad(out_backprop=upstream)
+            return d_inputs, d_kernel, tf.cast(total, bias.dtype)
 
         return outputs, gradient
 

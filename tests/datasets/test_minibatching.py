@@ -254,13 +254,28 @@ def test_skip_batches_must_be_a_count():
 
 
 def test_host_images_copies_every_chunk_into_one_cpu_variable(monkeypatch):
-    monkeypatch.setattr(minibatching, "_COPY_CHUNK_ROWS", 7)  # 30 rows: 4 full chunks + 2
+    # 7.5 rows of uint8 per chunk: whole rows, so 30 rows go in 4 chunks of 7 and one of 2.
+    monkeypatch.setattr(minibatching, "_COPY_CHUNK_BYTES", 32 * 32 * 3 * 15 // 2)
     images = np.random.default_rng(0).integers(0, 256, (30, 32, 32, 3)).astype(np.uint8)
     stored = host_images(images)
     assert isinstance(stored, tf.Variable) and not stored.trainable
     assert stored.dtype == tf.uint8 and "CPU" in stored.device
     np.testing.assert_array_equal(stored.numpy(), images)
     assert host_images(stored) is stored
+    evaluated = list(evaluation_dataset(stored, np.zeros(30, int), batch_size=8)
+                     .as_numpy_iterator())
+    assert evaluated[0][0].dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in evaluated]), images)
+
+
+def test_host_images_passes_a_tensor_through_and_refuses_a_distributed_variable():
+    tensor = tf.constant(_images())
+    assert host_images(tensor) is tensor
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        mirrored = tf.Variable(_images())
+    with pytest.raises(ValueError, match="not a distributed variable: call host_images "
+                                         "outside any strategy.scope"):
+        host_images(mirrored)
 
 
 @pytest.mark.parametrize("mode", ["vary", 3, 10])

@@ -183,6 +183,33 @@ def test_conv2d_minus_batch_mean_matches_float64_autodiff_of_the_plain_expressio
     assert np.abs(fused[3].numpy() - d_w_held.numpy()).max() > 1000 * tolerance
 
 
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_conv2d_minus_batch_mean_in_16_bits_tracks_float32(dtype):
+    """Under a mixed policy the block runs in 16 bits: outputs, mean and gradients keep the
+    16-bit dtype and stay close to the float32 block (the sums accumulate in float32).
+    Without the activation: its slope changes where 16-bit rounding flips an output's sign."""
+    rng = np.random.RandomState(4)
+    arrays = (rng.normal(1.0, 1.0, size=(4, 6, 6, 3)), rng.normal(size=(3, 3, 3, 5)) * 0.3,
+              rng.normal(size=5))
+    upstream = rng.normal(size=(4, 6, 6, 5))
+
+    def run(dtype):
+        tensors = [tf.constant(a, dtype) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            outputs, mean = conv2d_minus_batch_mean(*tensors, "same", leaky=False)
+        grads = tape.gradient(outputs, tensors, output_gradients=tf.constant(upstream, dtype))
+        return [outputs, mean, *grads]
+
+    low, full = run(dtype), run(tf.float32)
+    resolution = 1e-3 if dtype == tf.float16 else 8e-3  # 2^-10 and 2^-7
+    for name, got, want in zip(("outputs", "mean", "d_x", "d_w", "d_b"), low, full, strict=True):
+        assert got.dtype == dtype, name
+        scale = np.abs(want.numpy()).max()
+        np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want.numpy(),
+                                   atol=4 * resolution * scale, err_msg=name)
+
+
 def test_leaky_relu_values_and_slopes():
     x = tf.constant([-2.0, -0.5, 0.25, 3.0])
     with tf.GradientTape() as tape:
