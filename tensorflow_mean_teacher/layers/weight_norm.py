@@ -18,6 +18,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+# The slope of ConvLarge's leaky ReLU below zero (the original's `lrelu`).
+LEAKY_SLOPE = 0.1
+
 
 def leaky_relu(x: tf.Tensor) -> tf.Tensor:
     """x above zero, 0.1 x below: the original's `lrelu`, as one fused op and gradient op.
@@ -26,7 +29,7 @@ def leaky_relu(x: tf.Tensor) -> tf.Tensor:
     forward and backward over every activation. The gradients differ only at exactly x == 0
     (slope 0.1 here, 1 there).
     """
-    return tf.nn.leaky_relu(x, alpha=0.1)
+    return tf.nn.leaky_relu(x, alpha=LEAKY_SLOPE)
 
 
 def batch_mean(x: tf.Tensor, axes) -> tf.Tensor:
@@ -95,7 +98,7 @@ def conv2d_minus_batch_mean(inputs: tf.Tensor, kernel: tf.Tensor, bias: tf.Tenso
         def gradient(upstream):
             if leaky:  # the output is positive exactly where the activation's input is
                 upstream = tf.raw_ops.LeakyReluGrad(gradients=upstream, features=outputs,
-                                                    alpha=0.1)
+                                                    alpha=LEAKY_SLOPE)
             # One reduction serves both the bias gradient and the batch mean of the gradient.
             total = tf.reduce_sum(tf.cast(upstream, tf.float32), axis=(0, 1, 2))
             d_mean = _replica_mean(total / _positions(upstream))
