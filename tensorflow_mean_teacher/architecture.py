@@ -2,7 +2,9 @@
 
 Input stage, then three blocks of weight-normalised convolutions with leaky ReLU (0.1):
 3x(3x3, w) - maxpool - dropout - 3x(3x3, 2w) - maxpool - dropout - 3x3 valid 4w - 1x1 2w - 1x1 w -
-6x6 average pool, and two dense heads on the w features. `w = 128` in the original.
+global average pool, and two dense heads on the w features. `w = 128` in the original. The
+original's 6x6 average pool (stride 2) is global on its 32x32 images; a global pool gives that
+result there and keeps the architecture the same at any other image size (at least 12x12).
 The layer names are the TF1 scope names (`conv_1_1` ... `fully_connected_1`).
 """
 
@@ -25,11 +27,22 @@ _CONV_LAYERS = (
     ("conv_3_1", 4, 3, "valid"), ("conv_3_2", 2, 1, "same"), ("conv_3_3", 1, 1, "same"),
 )
 LAYER_NAMES = tuple(name for name, *_ in _CONV_LAYERS) + ("fully_connected", "fully_connected_1")
+MIN_IMAGE_SIZE = 12
+
+
+def global_average_pool(x: tf.Tensor) -> tf.Tensor:
+    """(N, H, W, C) -> (N, C): the mean over the whole map, as one average-pooling window of
+    the map's size (at 32x32 input the original's 6x6 pool, and the very same op)."""
+    pooled = tf.nn.avg_pool2d(x, ksize=tuple(x.shape[1:3]), strides=1, padding="VALID")
+    return tf.reshape(pooled, [-1, x.shape[-1]])
 
 
 @keras.saving.register_keras_serializable(package="tensorflow_mean_teacher")
 class ConvLarge(keras.Model):
-    """One tower of the original: maps (N, 32, 32, 3) images to (class_logits, cons_logits).
+    """One tower of the original: maps (N, H, W, C) images to (class_logits, cons_logits).
+
+    32x32x3 in every original experiment; any H, W >= 12 (the last conv needs a 3x3 map) and
+    any channel count work, with the same layers.
 
     Args:
         num_classes: output classes (10 in every original experiment).
@@ -106,8 +119,6 @@ class ConvLarge(keras.Model):
         self.dropout_1 = Dropout(self.dropout_probability, seed=sub_seed(1), name="dropout_1")
         self.max_pool_2 = keras.layers.MaxPooling2D(2, name="max_pool_2")
         self.dropout_2 = Dropout(self.dropout_probability, seed=sub_seed(2), name="dropout_2")
-        self.avg_pool = keras.layers.AveragePooling2D(6, strides=2, name="avg_pool")
-        self.flatten = keras.layers.Flatten(name="flatten")
         self.fc_primary = WeightNormDense(
             self.num_classes, kernel_initializer=initializer(9), eval_mean_decay=eval_mean_decay,
             tied_to=tie("fully_connected"), name="fully_connected")
@@ -138,10 +149,22 @@ class ConvLarge(keras.Model):
         }
         return tf.train.Checkpoint(**layers, random=tf.train.Checkpoint(**generators))
 
+    def data_dependent_initialization(self, images) -> None:
+        """The original's init of every layer's g and b on one batch (training mode)."""
+        self(images, training=True, initialize=True)
+
     def call(self, images, training=False, initialize=False):
         def wn(layer, x):
             return layer(x, training=training, initialize=initialize)
 
+        height, width = images.shape[1], images.shape[2]
+        if (height is not None and height < MIN_IMAGE_SIZE) or \
+                (width is not None and width < MIN_IMAGE_SIZE):
+            raise ValueError(
+                f"ConvLarge needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels "
+                "(two 2x2 max-pools, then a 3x3 valid convolution). Received: images of shape "
+                f"{tuple(images.shape)}"
+            )
         x = self.input_stage(images, training=training)
         for conv in self.convs[:3]:
             x = wn(conv, x)
@@ -151,7 +174,7 @@ class ConvLarge(keras.Model):
         x = self.dropout_2(self.max_pool_2(x), training=training)
         for conv in self.convs[6:]:
             x = wn(conv, x)
-        features = self.flatten(self.avg_pool(x))
+        features = global_average_pool(x)
         class_logits = wn(self.fc_primary, features)
         # The second head runs (and is initialised) even when unused, as in the original.
         secondary_logits = wn(self.fc_secondary, features)

@@ -3,7 +3,7 @@
 The SavedModel runs the network in inference mode (eval means, no dropout, no noise, no
 augmentation) and has one signature, `serving_default`:
 
-    inputs:  images         float32 (None, 32, 32, 3)
+    inputs:  images         float32 (None, height, width, channels), the network's image shape
     outputs: logits         float32 (None, num_classes)
              probabilities  float32 (None, num_classes), the softmax of the logits
 
@@ -14,6 +14,7 @@ It loads with plain TensorFlow, without this project:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -24,10 +25,14 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
 
 
-def export_network(network: keras.Model, path: str | os.PathLike, *, overwrite: bool = False,
-                   image_shape: tuple[int, int, int] = (32, 32, 3)) -> Path:
+def export_network(network: keras.Model | Callable, path: str | os.PathLike, *,
+                   overwrite: bool = False, image_shape: tuple[int, int, int] | None = None,
+                   track: list | None = None) -> Path:
     """Writes `network`'s inference-mode class logits and probabilities as a SavedModel.
 
+    `network` is a tower (a Keras model returning `(class_logits, cons_logits)`), or a function
+    of the images returning that pair whose Keras objects are listed in `track`. `image_shape`
+    is the (height, width, channels) of the signature's images (default: the network's).
     Refuses a `path` that exists and is not empty unless `overwrite`: a SavedModel written over
     another leaves a mixture of both.
     """
@@ -38,15 +43,22 @@ def export_network(network: keras.Model, path: str | os.PathLike, *, overwrite: 
                 f"Export path {str(path)!r} exists and is not empty. Choose a new path, or pass "
                 "overwrite=True (--overwrite_export on the runners) to replace it."
             )
-    if not network.built:
+    track = [network] if track is None else list(track)
+    if not all(getattr(item, "built", True) for item in track):
         raise ValueError("The network is not built: initialise or train it before exporting.")
+    if image_shape is None:
+        image_shape = _built_image_shape(track[0])
 
     def serve(images):
-        logits, _ = network(images, training=False)
+        if isinstance(network, keras.Model):
+            logits, _ = network(images, training=False)
+        else:
+            logits, _ = network(images)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits)}
 
     archive = keras.export.ExportArchive()
-    archive.track(network)
+    for item in track:
+        archive.track(item)
     archive.add_endpoint(
         name=SIGNATURE_NAME, fn=serve,
         input_signature=[tf.TensorSpec((None, *image_shape), tf.float32, name=INPUT_NAME)],
@@ -61,6 +73,17 @@ def export_network(network: keras.Model, path: str | os.PathLike, *, overwrite: 
         _remove_tree(path)
     staging.rename(path)
     return path
+
+
+def _built_image_shape(network) -> tuple[int, ...]:
+    """(height, width, channels) of the images a built network was called on."""
+    shape = getattr(network, "image_shape", None)
+    if shape is None:
+        raise ValueError(
+            f"The image shape of {getattr(network, 'name', network)!r} is unknown: pass "
+            "image_shape=(height, width, channels)."
+        )
+    return tuple(shape)
 
 
 def _remove_tree(path: Path) -> None:

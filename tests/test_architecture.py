@@ -68,3 +68,34 @@ def test_tied_tower_shares_weights():
 def test_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ConvLarge(**kwargs)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (64, 64, 3), (32, 48, 4)])
+def test_any_image_size_keeps_the_architecture(shape):
+    net = ConvLarge(width=4, num_classes=5)
+    x = np.random.RandomState(0).uniform(size=(2, *shape)).astype(np.float32)
+    class_logits, _ = net(x, training=True, initialize=True)
+    assert class_logits.shape == (2, 5)
+    # The same variables at every size (the pool is global, so the heads see w features);
+    # only the first kernel follows the channel count.
+    assert tuple(net.fc_primary.kernel.shape) == (4, 5)
+    assert tuple(net.convs[0].kernel.shape) == (3, 3, shape[2], 4)
+    assert len(net.trainable_variables) == 33
+
+
+def test_global_pool_is_the_original_pool_at_32x32():
+    import tensorflow as tf
+
+    from tensorflow_mean_teacher.architecture import global_average_pool
+
+    x = tf.random.stateless_normal((3, 6, 6, 5), seed=(1, 2))
+    original = tf.keras.layers.AveragePooling2D(6, strides=2)(x)  # the TF1 code's 6x6/2 pool
+    np.testing.assert_array_equal(global_average_pool(x).numpy(), original.numpy()[:, 0, 0])
+    bigger = tf.random.stateless_normal((2, 10, 7, 3), seed=(3, 4))
+    np.testing.assert_allclose(global_average_pool(bigger).numpy(),
+                               bigger.numpy().mean(axis=(1, 2)), rtol=1e-6, atol=1e-7)
+
+
+def test_images_too_small_are_refused():
+    with pytest.raises(ValueError, match=r"at least 12x12 pixels.*\(2, 8, 8, 3\)"):
+        ConvLarge(width=4)(np.zeros((2, 8, 8, 3), np.float32))

@@ -1,6 +1,9 @@
 """Mixed precision: compute in float16/bfloat16, keep weights, EMA, eval means and costs in float32,
 and a few steps track the float32 ones."""
 
+import csv
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -59,3 +62,51 @@ def test_float16_scales_the_loss_and_tracks_float32(policy):
     # training proceeds.
     assert float(model.optimizer.dynamic_scale.numpy()) < 2.0**15
     assert np.isfinite(logs[-1]["loss"]) and logs[-1]["loss"] < logs[0]["loss"]
+
+
+def _skip_count(model):
+    # The scale halves on every skipped step and grows only after 2,000 finite ones.
+    return int(round(np.log2(2.0**15 / float(model.optimizer.dynamic_scale.numpy()))))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_a_skipped_step_moves_everything_but_the_student_update(policy):
+    x, y = separable_data(20)
+    model = make_model(hp={"rampup_length": 0})
+    model.initialize_from_batch(x)
+    inner = model.optimizer.inner_optimizer
+    history = []
+    while len(history) < 16 and not (history and not history[-1]):  # until one is applied
+        student = [v.numpy() for v in model.student.trainable_variables]
+        eval_mean = model.teacher.get_layer("conv_1_1").eval_mean.numpy()
+        beta_1_power = float(inner.beta_1_power.numpy())
+        skips = _skip_count(model)
+        model.train_on_batch(x, y)
+        skipped = _skip_count(model) == skips + 1
+        history.append(skipped)
+        # Every step moves the counter, and the teacher's eval means.
+        assert int(model.optimizer.iterations.numpy()) == len(history)
+        assert not np.array_equal(model.teacher.get_layer("conv_1_1").eval_mean.numpy(),
+                                  eval_mean)
+        # Only an applied step moves the student's weights and Adam's running beta products.
+        unchanged = all(np.array_equal(now.numpy(), before) for now, before in zip(
+            model.student.trainable_variables, student, strict=True))
+        assert unchanged == skipped
+        assert (float(inner.beta_1_power.numpy()) == beta_1_power) == skipped
+    # float16 overflows at the initial scale 2**15: the first steps are skipped, then one is not.
+    assert history[0] and not history[-1], history
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_train_counts_skipped_steps_as_steps(policy, tmp_path):
+    from tensorflow_mean_teacher.training import train
+    from tests.test_training import config, streams
+
+    stream, evaluation = streams()
+    results = train(config(training_length=6, evaluation_span=3), stream, evaluation,
+                    tmp_path / "run", console=lambda line: None)
+    # Loss scaling skipped the first steps; the run still took its 6 steps on 6 batches.
+    assert results["step"] == 6
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["step"] == 6
+    rows = list(csv.DictReader(open(tmp_path / "run" / "validation_log.csv")))
+    assert [int(row["step"]) for row in rows] == [0, 3, 6]

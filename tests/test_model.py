@@ -240,3 +240,24 @@ def test_error_metrics_average_over_labeled_examples_and_skip_unlabeled_batches(
     # ...while the costs are means over batches.
     assert np.isfinite(epoch["train/class_cost/1"])
     assert epoch["train/class_cost/1"] < first["train/class_cost/1"]
+
+
+def test_evaluation_reports_the_teachers_class_cost_as_loss():
+    model = make_model()
+    x, y = separable_data(20)
+    model.initialize_from_batch(x)
+    values = model.evaluate(x, y, batch_size=10, verbose=0, return_dict=True)
+    logits = model.teacher(x, training=False)[0].numpy()
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    expected = -log_softmax[np.arange(len(y)), y].mean()
+    assert values["loss"] == pytest.approx(expected, rel=1e-5)
+    assert values["loss"] == values["eval/class_cost/ema"]
+
+
+def test_sample_weights_are_refused():
+    model = make_model()
+    x, y = separable_data(20)
+    model.initialize_from_batch(x)
+    with pytest.raises(ValueError, match="does not support sample weights"):
+        model.fit(x, y, sample_weight=np.ones(len(y)), batch_size=10, verbose=0)
