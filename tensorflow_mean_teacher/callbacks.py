@@ -1,7 +1,8 @@
 """Keras callbacks of a Mean Teacher run: logs, checkpoints, the step limit, a divergence guard.
 
 The step is always the global step, `model.optimizer.iterations`, so that a resumed run logs
-and checkpoints under the same numbers as an uninterrupted one.
+and checkpoints under the same numbers as an uninterrupted one. A run is one `fit` whose epochs
+are its evaluation spans (`EvaluationSpans`).
 """
 
 from __future__ import annotations
@@ -134,8 +135,10 @@ class ValidationLogger(keras.callbacks.Callback):
         self.last: tuple[int, dict] | None = None  # (step, values) of the latest evaluation
 
     def on_epoch_end(self, epoch, logs=None):
+        # `val_loss` repeats eval/class_cost/ema (it is there for Keras' monitors), as the
+        # training `loss` repeats a total cost: neither goes into the logs.
         values = {k[len("val_"):]: float(v) for k, v in (logs or {}).items()
-                  if k.startswith("val_")}
+                  if k.startswith("val_") and k != "val_loss"}
         if values:
             self.last = (global_step(self.model), values)
             record_validation(self.log, *self.last, self.console)
@@ -157,6 +160,94 @@ class Checkpointer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         path = self.manager.save(checkpoint_number=global_step(self.model))
         self.console(f"saved checkpoint {path}")
+
+
+class TrainStreamEnded(RuntimeError):
+    """The training stream ran out of batches before `training_length`."""
+
+
+def stream_ended_message(step: int, training_length: int) -> str:
+    return (f"The training stream ended at step {step}, before "
+            f"training_length={training_length}: it must be endless (repeat it).")
+
+
+class EvaluationSpans(keras.callbacks.Callback):
+    """Keeps `fit`'s epochs on the evaluation spans, and notices a training stream that ran dry.
+
+    Epoch e ends at step min((e + 1) * evaluation_span, training_length), so the last epoch is
+    shorter when evaluation_span does not divide training_length: at training_length this
+    callback sets `model.stop_training`, and Keras still evaluates that epoch and calls every
+    callback's `on_epoch_end` (the evaluation and checkpoint at training_length).
+
+    An epoch that ends before its step without a stop request means that the stream ran out
+    (Keras ends the epoch, and would restart the dataset for the next one): `ran_dry_at` is
+    set and training stops after that epoch's evaluation and checkpoint, as at any stop. An epoch
+    that trained no step at all (the stream was already empty) raises `TrainStreamEnded` at once:
+    its state is already evaluated and checkpointed. `stream_end` is the step at which a stream
+    of known length runs out (Keras does not notice one that runs out exactly at an epoch's
+    end: it restarts it).
+    """
+
+    def __init__(self, evaluation_span: int, training_length: int):
+        super().__init__()
+        self.evaluation_span = evaluation_span
+        self.training_length = training_length
+        self.stream_end: int | None = None
+        self.ran_dry_at: int | None = None
+        self._epoch_start = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = global_step(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if global_step(self.model) >= self.training_length:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = global_step(self.model)
+        if step == self._epoch_start:
+            raise TrainStreamEnded(stream_ended_message(step, self.training_length))
+        end = min((epoch + 1) * self.evaluation_span, self.training_length)
+        exhausted = self.stream_end is not None and step >= self.stream_end
+        if step < self.training_length and (exhausted or (
+                step < end and not self.model.stop_training)):
+            self.ran_dry_at = step
+            self.model.stop_training = True
+
+
+class RunCheckpointDecides(keras.callbacks.Callback):
+    """After the caller's callbacks: the run's checkpoint decides the state training starts from.
+
+    A `keras.callbacks.BackupAndRestore` among them loads its backup in `on_train_begin` and
+    sets the epoch `fit` starts from. Its backup and the run's checkpoint are both written at
+    epoch ends (the checkpoint first), so they normally hold the same state and its load changes
+    nothing. When they do not (a run interrupted between the two saves, a backup saved every
+    few batches, or one of another run), the checkpoint, which the position in the training
+    stream was taken from, is restored again, and `fit` starts from its epoch.
+    """
+
+    def __init__(self, checkpoint: tf.train.Checkpoint, console=print):
+        super().__init__()
+        self.checkpoint = checkpoint
+        self.console = console
+        self.path = ""
+        self.step = 0
+        self.initial_epoch = 0
+
+    def expect(self, path: str, step: int, initial_epoch: int) -> None:
+        """The checkpoint (and its step) that the next `fit` starts from, and its first epoch."""
+        self.path, self.step, self.initial_epoch = path, step, initial_epoch
+
+    def on_train_begin(self, logs=None):
+        step = global_step(self.model)
+        if step != self.step:
+            self.checkpoint.restore(self.path).assert_consumed()
+            self.console(f"a callback restored the state of step {step} (BackupAndRestore?); "
+                         f"the run's checkpoint {self.path} at step {self.step} is restored "
+                         "instead")
+        # BackupAndRestore tells `fit` its first epoch through this attribute (fit reads it
+        # after on_train_begin); it must be the checkpoint's.
+        self.model._initial_epoch = self.initial_epoch
 
 
 class TrainingDiverged(FloatingPointError):

@@ -4,8 +4,8 @@
 * writes `config.json` (everything that defines the run) into `results_dir`;
 * initialises the model from the stream's first batch, as the original (or restores the latest
   checkpoint of an interrupted run, refusing one whose config differs);
-* evaluates at step 0 and every `evaluation_span` steps, with `fit` epochs of `evaluation_span`
-  steps, saving a checkpoint of the complete state after each evaluation;
+* evaluates at step 0 and every `evaluation_span` steps: one `fit` whose epochs are the
+  evaluation spans, saving a checkpoint of the complete state after each evaluation;
 * logs training metrics every `print_span` steps (console, `training_log.csv`, TensorBoard);
 * stops at `training_length`, exports the teacher as a SavedModel and writes `results.json`.
 
@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,6 @@ import tensorflow as tf
 from tensorflow_mean_teacher import callbacks as cb
 from tensorflow_mean_teacher import distribution
 from tensorflow_mean_teacher.hyperparams import HyperParams
-from tensorflow_mean_teacher.inputs import IMAGE_SHAPE
 from tensorflow_mean_teacher.model import MeanTeacher
 
 CONFIG_FILE = "config.json"
@@ -90,12 +90,19 @@ class ResultsDirectoryError(ValueError):
     """The results directory belongs to something else, or to a run with another config."""
 
 
-def holds_run(results_dir: Path, config: RunConfig) -> bool:
-    """Whether the results directory holds a run to resume; refuses one of another config."""
+def _as_dict(config: RunConfig | Mapping) -> dict:
+    return config.to_dict() if isinstance(config, RunConfig) else dict(config)
+
+
+def holds_run(results_dir: Path, config: RunConfig | Mapping) -> bool:
+    """Whether the results directory holds a run to resume; refuses one of another config.
+
+    `config`: a `RunConfig`, or the dict written into config.json (`run_record`).
+    """
     config_path = results_dir / CONFIG_FILE
     if not config_path.exists():
         return False
-    changed = differences(json.loads(config_path.read_text()), config.to_dict())
+    changed = differences(json.loads(config_path.read_text()), _as_dict(config))
     if changed:
         raise ResultsDirectoryError(
             f"{results_dir} holds a run with another configuration; refusing to resume it. "
@@ -105,7 +112,7 @@ def holds_run(results_dir: Path, config: RunConfig) -> bool:
     return True
 
 
-def prepare_results_dir(results_dir: Path, config: RunConfig) -> bool:
+def prepare_results_dir(results_dir: Path, config: RunConfig | Mapping) -> bool:
     """Creates or checks the results directory; True if it holds a run to resume."""
     if holds_run(results_dir, config):
         return True
@@ -116,8 +123,21 @@ def prepare_results_dir(results_dir: Path, config: RunConfig) -> bool:
             "directory of this project. Choose a new or empty directory."
         )
     results_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(config_path, json.dumps(config.to_dict(), indent=2, sort_keys=True))
+    _write_atomically(config_path, json.dumps(_as_dict(config), indent=2, sort_keys=True))
     return False
+
+
+def run_record(config: RunConfig, student: keras.Model | None = None) -> dict:
+    """What config.json holds: the config, and the class of a custom student network.
+
+    The network itself is not recorded; its class name is, so that a run is not resumed with
+    another kind of network. Without one (ConvLarge) the record is the config's alone, as it
+    was before custom networks existed, so that older runs still resume.
+    """
+    record = config.to_dict()
+    if student is not None:
+        record["student"] = type(student).__name__
+    return record
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -132,37 +152,95 @@ def enable_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def check_stream(dataset: tf.data.Dataset, what: str) -> None:
-    """Refuses a stream whose batches are not (float images (B, 32, 32, 3), integer labels)."""
+def check_stream(dataset: tf.data.Dataset, what: str) -> tf.TensorShape:
+    """Refuses a stream whose batches are not (float images (B, H, W, C), integer labels).
+
+    Returns the images' shape without the batch dimension, (H, W, C) (None where unknown).
+    """
     spec = dataset.element_spec
     if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise ValueError(f"The {what} stream must yield (images, labels) pairs. Got: {spec}")
+        raise ValueError(f"The {what} stream must yield (images, labels) pairs. Received: {spec}")
     images, labels = spec
-    if images.shape.rank != 4 or tuple(images.shape[1:]) != IMAGE_SHAPE:
+    if not isinstance(images, tf.TensorSpec) or images.shape.rank != 4:
+        shape = getattr(images, "shape", images)
         raise ValueError(
-            f"The {what} images must have shape (batch, 32, 32, 3). Got: {images.shape}"
+            f"The {what} images must be batches of shape (batch, height, width, channels). "
+            f"Received: shape={shape}"
         )
     if not images.dtype.is_floating:
-        raise TypeError(f"The {what} images must be floating point. Got dtype: {images.dtype}")
-    if not labels.dtype.is_integer:
-        raise TypeError(f"The {what} labels must be integers. Got dtype: {labels.dtype}")
+        raise TypeError(f"The {what} images must be floating point. Received: dtype={images.dtype}")
+    if not isinstance(labels, tf.TensorSpec) or not labels.dtype.is_integer:
+        raise TypeError(f"The {what} labels must be integers. Received: "
+                        f"dtype={getattr(labels, 'dtype', labels)}")
+    return images.shape[1:]
+
+
+def check_callbacks(callbacks: Sequence[keras.callbacks.Callback] | None
+                    ) -> list[keras.callbacks.Callback]:
+    """The caller's Keras callbacks as a list; refuses anything else (e.g. a CallbackList)."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, keras.callbacks.Callback) or not isinstance(
+            callbacks, Sequence) or not all(
+            isinstance(c, keras.callbacks.Callback) for c in callbacks):
+        raise TypeError(
+            "callbacks must be a list of keras.callbacks.Callback instances. "
+            f"Received: callbacks={callbacks!r}"
+        )
+    return list(callbacks)
 
 
 def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
           evaluation_data: tf.data.Dataset, results_dir: str | os.PathLike, *,
+          callbacks: Sequence[keras.callbacks.Callback] | None = None,
+          student: keras.Model | None = None,
           export_dir: str | os.PathLike | None = None, overwrite_export: bool = False,
           max_checkpoints: int = 3, console: Callable[[str], None] = print,
           strategy: tf.distribute.Strategy | None = None) -> dict:
     """Runs (or resumes) a Mean Teacher run; returns the final metrics and timing.
+
+    Training is one `fit` whose epochs are the evaluation spans: epoch e (0-based, as
+    `CSVLogger` and `TensorBoard` write it; `ModelCheckpoint`'s `{epoch}` is e + 1) trains steps
+    e * evaluation_span + 1 to min((e + 1) * evaluation_span, training_length) and ends with the
+    evaluation (`val_` logs) and the checkpoint at that step. The last epoch is shorter when
+    evaluation_span does not divide training_length. A resumed run starts `fit` at
+    `initial_epoch = step // evaluation_span`, so epoch numbers continue.
+
+    Keras callbacks (`callbacks=`) run after the run's own, so they see the evaluation and the
+    checkpoint of an epoch in its `on_epoch_end`:
+    * a callback stopping training (`model.stop_training`, e.g. `EarlyStopping`) ends the run
+      after that epoch's evaluation and checkpoint (a stop within an epoch still evaluates and
+      checkpoints at the step reached); the teacher is exported and `results.json` records the
+      step reached. Re-running the same command resumes from that checkpoint and trains on
+      towards training_length (with fresh callback state: `EarlyStopping` restarts its
+      patience). `results.json` holds an evaluation made after `fit`, so that it describes the
+      exported teacher even when a callback changed the weights at the end
+      (`EarlyStopping(restore_best_weights=True)`);
+    * `BackupAndRestore`: the run already resumes from its own checkpoint; a backup of the same
+      run holds the same state (both are written at epoch ends) and is loaded over it. If it
+      holds another state (interrupted between the two saves, `save_freq` in batches), the
+      run's checkpoint wins: the training stream's position comes from it;
+    * `CSVLogger` needs `append=True` to keep its rows over a resume; the logs of a run
+      interrupted between its checkpoint and a callback's write are the callback's affair
+      (the run's own logs are cut back to the checkpoint on resume);
+    * a `TensorBoard` callback needs its own `log_dir` (the run's is `results_dir/tensorboard`).
+    A run resumed from a checkpoint within an epoch (written when a stream ran dry or a
+    callback stopped within an epoch) first finishes that epoch in a `fit` of its own.
 
     Args:
         config: the run's settings.
         training_stream: `skip -> dataset`: the endless training stream without its first
             `skip` batches. Batch 0 initialises the model; step t trains on batch t + 1.
             Its batches are global batches (`config.batch_size` rows), split over the replicas.
-        evaluation_data: finite dataset of (images, labels) batches, all labeled.
+            Images are float (batch, height, width, channels), of any size.
+        evaluation_data: finite dataset of (images, labels) batches, all labeled, with the
+            training images' height, width and channels.
         results_dir: where the config, logs, TensorBoard files, checkpoints, the exported
             teacher and `results.json` go. Re-running with the same directory resumes.
+        callbacks: Keras callbacks, called after the run's own (see above).
+        student: the student network (`MeanTeacher(student=...)`); None: ConvLarge of
+            `config.width`. Its class name is recorded in config.json (a run is not resumed
+            with another class); its weights come from the checkpoint on resume.
         export_dir: where to export the teacher (default `results_dir/teacher`).
         overwrite_export: replace an existing, non-empty export_dir.
         strategy: a `tf.distribute.Strategy` (None: the default strategy, one device).
@@ -171,13 +249,23 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
     started = time.perf_counter()
     strategy = strategy or tf.distribute.get_strategy()
     distribution.check_global_batch(config.batch_size, strategy)
+    callbacks = check_callbacks(callbacks)
+    if student is not None and not isinstance(student, keras.Model):
+        raise TypeError(f"student must be a keras.Model. Received: student={student!r}")
     results_dir = Path(results_dir)
-    check_stream(training_stream(0), "training")
-    check_stream(evaluation_data, "evaluation")
+    training_shape = check_stream(training_stream(0), "training")
+    evaluation_shape = check_stream(evaluation_data, "evaluation")
+    if not training_shape.is_compatible_with(evaluation_shape):
+        raise ValueError(
+            "The evaluation images must have the training images' (height, width, channels). "
+            f"Received: training={tuple(training_shape)}, "
+            f"evaluation={tuple(evaluation_shape)}"
+        )
+    record = run_record(config, student)
     chief = distribution.is_chief(strategy)
     # The other workers only read the chief's directory (it must be readable by them all).
-    resuming = prepare_results_dir(results_dir, config) if chief else \
-        holds_run(results_dir, config)
+    resuming = prepare_results_dir(results_dir, record) if chief else \
+        holds_run(results_dir, record)
     # Every worker takes every step (the steps' reductions need them all), but only the chief
     # writes into results_dir; the others write the same files into a temporary directory.
     with distribution.write_directory(results_dir, strategy) as write_dir:
@@ -185,9 +273,16 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
         export_path = Path(export_dir) if chief and export_dir is not None else own_export
         if export_path.exists() and export_path == own_export:
             overwrite_export = True  # this run's own export, from an earlier pass of the command
+        if not overwrite_export and export_path.exists() and (
+                not export_path.is_dir() or any(export_path.iterdir())):
+            # The export would refuse it at the end: refuse it before training instead.
+            raise FileExistsError(
+                f"Export path {str(export_path)!r} exists and is not empty. Choose a new path, "
+                "or pass overwrite_export=True (--overwrite_export on the runners) to replace it."
+            )
         results = _run(config, training_stream, evaluation_data, results_dir, write_dir,
                        resuming, export_path, overwrite_export, max_checkpoints, console,
-                       strategy)
+                       strategy, callbacks, student)
     results["seconds"] = time.perf_counter() - started
     if chief:
         _write_atomically(results_dir / RESULTS_FILE,
@@ -198,16 +293,20 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
 def _run(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
          evaluation_data: tf.data.Dataset, results_dir: Path, write_dir: Path, resuming: bool,
          export_path: Path, overwrite_export: bool, max_checkpoints: int,
-         console: Callable[[str], None], strategy: tf.distribute.Strategy) -> dict:
+         console: Callable[[str], None], strategy: tf.distribute.Strategy,
+         user_callbacks: list[keras.callbacks.Callback], student: keras.Model | None) -> dict:
     """`train` once the directories are settled: reads results_dir, writes into write_dir."""
     hp = config.hyperparams
+    span, length = hp.evaluation_span, hp.training_length
     if config.deterministic:
         enable_determinism(config.seed)
 
     with strategy.scope():
+        # Passed only when given, so that a MeanTeacher without the argument still works.
+        network = {} if student is None else {"student": student}
         model = MeanTeacher(hp, num_classes=config.num_classes, width=config.width,
                             teacher_reads_ema=config.teacher_reads_ema,
-                            eval_mean_decay=config.eval_mean_decay, seed=config.seed)
+                            eval_mean_decay=config.eval_mean_decay, seed=config.seed, **network)
         model.compile(jit_compile=config.jit_compile)
     training_log = cb.MetricsLog(write_dir / "training_log.csv",
                                  write_dir / "tensorboard" / "train")
@@ -236,35 +335,53 @@ def _run(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
 
     if step == 0:
         cb.record_validation(validation_log, 0, _evaluate(model, evaluation_data), console)
-        manager.save(checkpoint_number=0)
+        latest = manager.save(checkpoint_number=0)
     validation_logger = cb.ValidationLogger(validation_log, console)
+    spans = cb.EvaluationSpans(span, length)
+    start_point = cb.RunCheckpointDecides(checkpoint, console)
     callbacks = [
+        spans,  # first: its on_epoch_end decides whether this epoch ends the run
         cb.DivergenceGuard(str(results_dir / "checkpoints")),
-        cb.TrainingLogger(training_log, hp.print_span, hp.training_length, console),
+        cb.TrainingLogger(training_log, hp.print_span, length, console),
         validation_logger,
         cb.Checkpointer(manager, console),
+        *user_callbacks,
+        start_point,  # last: after a BackupAndRestore's on_train_begin
     ]
-    while step < hp.training_length:
-        # One `fit` epoch per evaluation span, ending on a multiple of evaluation_span (or at
-        # training_length), so a resumed run evaluates and checkpoints at the same steps.
-        span = min(hp.evaluation_span - step % hp.evaluation_span, hp.training_length - step)
-        model.fit(training_stream(step + 1), steps_per_epoch=span, epochs=1,
-                  validation_data=evaluation_data, shuffle=False, verbose=0,
-                  callbacks=callbacks)
-        if cb.global_step(model) != step + span:
-            raise RuntimeError(
-                f"The training stream ended at step {cb.global_step(model)}, before "
-                f"training_length={hp.training_length}: it must be endless (repeat it)."
-            )
-        step += span
-    if validation_logger.last is not None and validation_logger.last[0] == step:
-        final = validation_logger.last[1]
-    else:  # a finished run re-invoked: nothing was trained, evaluate once
+
+    def fit(steps_per_epoch: int, epochs: int) -> None:
+        stream = training_stream(step + 1)
+        batches = int(stream.cardinality())
+        spans.stream_end = step + batches if batches >= 0 else None  # else endless or unknown
+        start_point.expect(latest, step, step // span)
+        model.fit(stream, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                  initial_epoch=step // span, validation_data=evaluation_data, shuffle=False,
+                  verbose=0, callbacks=callbacks)
+
+    epochs = math.ceil(length / span)
+    if step < length and step % span:
+        # Resumed within an epoch: finish that epoch (to the next evaluation) on its own.
+        fit(min(span - step % span, length - step), step // span + 1)
+        step, latest = cb.global_step(model), manager.latest_checkpoint
+    if step < length and spans.ran_dry_at is None and not model.stop_training:
+        fit(span, epochs)
+        step = cb.global_step(model)
+    if spans.ran_dry_at is not None:
+        raise cb.TrainStreamEnded(cb.stream_ended_message(step, length))
+    if step < length:
+        console(f"training stopped by a callback at step {step} (epoch "
+                f"{math.ceil(step / span)} of {epochs}), before training_length={length}; "
+                f"step {step} is checkpointed, and re-running the same command resumes from it")
+
+    last = validation_logger.last
+    if last is not None and last[0] == step and not user_callbacks:
+        final = last[1]
+    else:  # a finished run re-invoked, or callbacks that may have changed the weights at the end
         final = _evaluate(model, evaluation_data)
     model.export_teacher(export_path, overwrite=overwrite_export)
     console(f"exported the teacher to {export_path}")
     return {
-        "step": cb.global_step(model),
+        "step": step,
         **final,
         "teacher_error": final["eval/error/ema"],
         "student_error": final["eval/error/1"],
@@ -276,4 +393,5 @@ def _run(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
 
 def _evaluate(model: MeanTeacher, evaluation_data: tf.data.Dataset) -> dict[str, float]:
     values = model.evaluate(evaluation_data, verbose=0, return_dict=True)
-    return {name: float(value) for name, value in values.items()}
+    # `loss` repeats eval/class_cost/ema (for Keras' monitors): not one of the run's metrics.
+    return {name: float(value) for name, value in values.items() if name != "loss"}

@@ -1,13 +1,22 @@
 import csv
+import dataclasses
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tensorflow_mean_teacher.callbacks import TrainingDiverged
 from tensorflow_mean_teacher.hyperparams import HyperParams
-from tensorflow_mean_teacher.training import ResultsDirectoryError, RunConfig, train
+from tensorflow_mean_teacher.training import (
+    ResultsDirectoryError,
+    RunConfig,
+    check_stream,
+    prepare_results_dir,
+    run_record,
+    train,
+)
 
 
 def data(n=60, seed=0):
@@ -107,11 +116,19 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path):
 
 def test_a_run_with_other_settings_is_refused(tmp_path):
     stream, evaluation = streams()
-    train(config(), stream, evaluation, tmp_path, console=lambda _: None)
+    prepare_results_dir(tmp_path, config())  # what a run writes first
     with pytest.raises(ResultsDirectoryError,
                        match=r"Differences \(saved -> requested\): "
                              r"hyperparams.max_consistency_cost: 100.0 -> 5.0"):
         train(config(max_consistency_cost=5.0), stream, evaluation, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_config_json_of_a_convlarge_run_is_its_config_as_before():
+    """No "student" key without a custom student: config.json of older runs still matches."""
+    record = config().to_dict()
+    assert "student" not in record and run_record(config()) == record
+    assert run_record(config(), student=keras.Sequential())["student"] == "Sequential"
 
 
 def test_a_foreign_directory_is_refused(tmp_path):
@@ -130,17 +147,34 @@ def test_divergence_stops_with_the_step_and_metric_and_keeps_the_checkpoint(tmp_
 
 def test_streams_of_the_wrong_kind_are_refused(tmp_path):
     _, evaluation = streams()
-    small = tf.data.Dataset.from_tensor_slices(
-        (np.zeros((4, 28, 28, 3), np.float32), np.zeros(4, np.int32))).batch(2)
-    with pytest.raises(ValueError, match=r"training images must have shape \(batch, 32, 32, 3\)"):
+
+    def batches(images, labels=None):
+        labels = np.zeros(4, np.int32) if labels is None else labels
+        return tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+
+    small = batches(np.zeros((4, 28, 28, 3), np.float32))
+    with pytest.raises(ValueError, match=r"evaluation images must have the training images' "
+                                         r"\(height, width, channels\). Received: "
+                                         r"training=\(28, 28, 3\), evaluation=\(32, 32, 3\)"):
         train(config(), lambda skip: small, evaluation, tmp_path)
-    ints = tf.data.Dataset.from_tensor_slices(
-        (np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int32))).batch(2)
+    flat = batches(np.zeros((4, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"training images must be batches of shape \(batch, "
+                                         r"height, width, channels\). Received: shape=\(None, "
+                                         r"32, 32\)"):
+        train(config(), lambda skip: flat, evaluation, tmp_path)
+    ints = batches(np.zeros((4, 32, 32, 3), np.uint8))
     with pytest.raises(TypeError, match="training images must be floating point"):
         train(config(), lambda skip: ints, evaluation, tmp_path)
+    with pytest.raises(TypeError, match="evaluation labels must be integers"):
+        train(config(), lambda skip: small, batches(np.zeros((4, 28, 28, 3), np.float32),
+                                                    np.zeros(4, np.float32)), tmp_path)
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+    # Any image size and number of channels, the same for both streams.
+    gray = batches(np.zeros((4, 20, 24, 1), np.float16))
+    assert tuple(check_stream(gray, "training")) == (20, 24, 1)
 
 
-def test_export_refuses_a_non_empty_directory(tmp_path):
+def test_export_refuses_a_non_empty_directory_before_training(tmp_path):
     stream, evaluation = streams()
     target = tmp_path / "export"
     target.mkdir()
@@ -149,3 +183,62 @@ def test_export_refuses_a_non_empty_directory(tmp_path):
         train(config(), stream, evaluation, tmp_path / "run", export_dir=target,
               console=lambda _: None)
     assert (target / "keep.txt").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
+def test_convlarge_on_28x28x1_images_with_100_classes(tmp_path):
+    rng = np.random.RandomState(0)
+    x = rng.uniform(size=(200, 28, 28, 1)).astype(np.float32)
+    y = (np.arange(200) % 100).astype(np.int32)
+
+    def stream(skip):
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(10).skip(skip)
+
+    evaluation = tf.data.Dataset.from_tensor_slices((x[:20], y[:20])).batch(10)
+    run = dataclasses.replace(config(training_length=2, evaluation_span=2), num_classes=100)
+    results = train(run, stream, evaluation, tmp_path / "run", console=lambda _: None)
+    assert results["step"] == 2
+    serve = tf.saved_model.load(str(tmp_path / "run" / "teacher")).signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].shape.as_list() == [None, 28, 28, 1]
+    outputs = serve(images=tf.constant(x[:3]))
+    assert outputs["probabilities"].shape == (3, 100)
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def custom_student():
+    inputs = keras.Input((32, 32, 3))
+    h = keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=keras.initializers.GlorotUniform(
+        seed=1))(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    h = keras.layers.Dropout(0.3, seed=2)(keras.layers.ReLU()(h))
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(
+        10, kernel_initializer=keras.initializers.GlorotUniform(seed=3))(h))
+
+
+def test_a_custom_student_run_resumes_exactly(tmp_path):
+    from tests.test_callbacks import Interrupt, Interrupted, final_state
+
+    stream, evaluation = streams()
+    noisy = config(input_noise=0.2, translate=True)  # random draws that must resume too
+    quiet = dict(console=lambda _: None)
+    train(noisy, stream, evaluation, tmp_path / "reference", student=custom_student(), **quiet)
+    with pytest.raises(Interrupted):
+        train(noisy, stream, evaluation, tmp_path / "run", student=custom_student(),
+              callbacks=[Interrupt(0)], **quiet)  # after the checkpoint at step 5
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-5")
+    results = train(noisy, stream, evaluation, tmp_path / "run", student=custom_student(),
+                    **quiet)
+    assert results["step"] == 12
+    # Every variable of the student, the teacher (BN statistics included), the input stages'
+    # and dropout's generators and the optimizer, bit for bit.
+    state, reference = final_state(tmp_path / "run"), final_state(tmp_path / "reference")
+    assert state.keys() == reference.keys()
+    # 8 weights and a dropout generator per network (the student's 6 trainable weights stored
+    # once, as the optimizer's), 2 input-stage generators; the optimizer's step, 2 x 6 slots
+    # and 2 beta products; the init flag.
+    assert len(reference) == 2 * 9 + 2 + (1 + 12 + 2) + 1
+    for name, value in reference.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+    assert read_csv(tmp_path / "run" / "validation_log.csv") == \
+        read_csv(tmp_path / "reference" / "validation_log.csv")
