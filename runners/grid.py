@@ -231,12 +231,10 @@ def _expected_config(settings: common.RunSettings) -> dict:
     """The part of a run's config.json that these settings fix."""
     return {
         "batch_size": settings.batch_size, "width": settings.width,
-        "eval_mean_decay": settings.eval_mean_decay, "teacher_reads_ema": FLAGS.teacher_reads_ema,
+        "eval_mean_decay": settings.eval_mean_decay,
+        "teacher_reads_ema": settings.teacher_reads_ema,
         "hyperparams": dict(settings.hyperparams),
-        "data": {"dataset": settings.dataset, "n_labeled": settings.n_labeled,
-                 "data_seed": settings.data_seed, "test_phase": settings.test_phase,
-                 "n_extra_unlabeled": settings.n_extra_unlabeled,
-                 "n_labeled_per_batch": settings.n_labeled_per_batch},
+        "data": common.data_description(settings),
     }
 
 
@@ -289,7 +287,9 @@ def _run(grid: Grid) -> None:
             print(f"== cell {cell.index} ({cell.name}), {position} of {len(cells)}: "
                   f"{describe_settings(cell.settings)}", flush=True)
             export_dir = None if export_root is None else str(Path(export_root) / cell.name)
-            results = common.execute(cell.settings, cell_dir, export_dir=export_dir)
+            results = common.execute(cell.settings, cell_dir, distribute=FLAGS.distribute,
+                                     export_dir=export_dir,
+                                     overwrite_export=FLAGS.overwrite_export)
             status = "ran"
             import keras  # only when training; the rest of the runner stays light
 

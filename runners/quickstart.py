@@ -5,7 +5,8 @@
 Both runs see the same labeled examples (`--n_labeled`, drawn with `--data_seed`) and evaluate
 on the digits test split. Mean Teacher also learns from the other training images, unlabeled;
 the baseline is the original's supervised setting (no consistency cost, labeled batches only).
-The last line on stdout is one JSON object with both error rates.
+The last line on stdout is one JSON object with both error rates. `--export_dir`, if given, is
+a parent: the two teachers go to EXPORT_DIR/mean_teacher and EXPORT_DIR/supervised.
 """
 
 from __future__ import annotations
@@ -47,8 +48,16 @@ def main(argv):
         mean_teacher, n_labeled_per_batch=mean_teacher.batch_size,
         hyperparams={**mean_teacher.hyperparams, **SUPERVISED_CHANGES})
     root = Path(FLAGS.results_dir)
+
+    def execute(settings: common.RunSettings, name: str) -> dict:
+        # --export_dir, if given, is a parent: each of the two runs exports to EXPORT_DIR/name.
+        export_dir = None if FLAGS.export_dir is None else Path(FLAGS.export_dir) / name
+        return common.exit_on_user_error(lambda: common.execute(
+            settings, root / name, distribute=FLAGS.distribute, export_dir=export_dir,
+            overwrite_export=FLAGS.overwrite_export))
+
     print("== Mean Teacher", flush=True)
-    ours = common.exit_on_user_error(lambda: common.execute(mean_teacher, root / "mean_teacher"))
+    ours = execute(mean_teacher, "mean_teacher")
     summary = {
         "teacher_error": ours["teacher_error"],
         "student_error": ours["student_error"],
@@ -57,8 +66,7 @@ def main(argv):
     }
     if not FLAGS.skip_supervised:
         print("== Supervised baseline (same labels, no consistency cost)", flush=True)
-        baseline = common.exit_on_user_error(
-            lambda: common.execute(supervised, root / "supervised"))
+        baseline = execute(supervised, "supervised")
         summary["supervised_error"] = baseline["teacher_error"]
         summary["supervised_student_error"] = baseline["student_error"]
         print(f"test error with {ours['n_labeled']} labels: Mean Teacher (teacher) "

@@ -5,23 +5,54 @@ A run of days should fail in its first second when its data cannot be right.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Sequence
+
 import numpy as np
 
+# The images of the original experiments (SVHN, CIFAR-10) and of the bundled digits.
 IMAGE_SHAPE = (32, 32, 3)
 _CHUNK = 4096  # rows checked at a time, so that SVHN extra (531k images) needs no copy
 
 
-def check_images(images, *, what: str = "images") -> None:
-    """float images of shape (N, 32, 32, 3), N > 0, every pixel finite."""
+def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
+    values = tuple(image_shape) if isinstance(image_shape, Sequence) else None
+    if values is None or len(values) != 3 or not all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+            for v in values):
+        raise ValueError(
+            "image_shape must be (height, width, channels), three integers >= 1. "
+            f"Received: image_shape={image_shape!r}")
+    return tuple(int(v) for v in values)
+
+
+def check_images(images, *, what: str = "images",
+                 image_shape: Sequence[int] | None = None) -> None:
+    """float NHWC images (N, H, W, C), N > 0, H, W, C >= 1, every pixel finite.
+
+    With `image_shape=(H, W, C)`, the images must also have exactly that shape (e.g. the
+    evaluation images that of the training images).
+    """
+    expected = None if image_shape is None else _check_image_shape(image_shape)
     shape = getattr(images, "shape", None)
     if shape is None or len(shape) != 4:
+        wanted = "(N, height, width, channels)" if expected is None else \
+            "(N, {}, {}, {})".format(*expected)
         raise ValueError(
-            f"{what} must be a 4-D array (N, 32, 32, 3). Received shape: {shape}"
+            f"{what} must be a 4-D array {wanted} (NHWC). Received: shape={shape}"
         )
-    if tuple(shape[1:]) != IMAGE_SHAPE:
+    shape = tuple(int(n) for n in shape)
+    if min(shape[1:]) < 1:
         raise ValueError(
-            f"{what} must have shape (N, 32, 32, 3): 32x32 pixels, 3 channels (NHWC). "
-            f"Received shape: {tuple(shape)}"
+            f"{what} must have a height, width and number of channels of at least 1 (NHWC). "
+            f"Received: shape={shape}"
+        )
+    if expected is not None and shape[1:] != expected:
+        height, width, channels = expected
+        raise ValueError(
+            f"{what} must have shape (N, {height}, {width}, {channels}): {height}x{width} "
+            f"pixels, {channels} channel{'s' * (channels != 1)} (NHWC). Received: "
+            f"shape={shape}, expected image_shape={expected}"
         )
     if shape[0] == 0:
         raise ValueError(f"{what} is empty (0 images).")
@@ -69,7 +100,9 @@ def check_labels(labels, num_images: int, num_classes: int, *, what: str = "labe
 
 
 def check_dataset(images, labels, num_classes: int, *, what: str,
-                  require_labeled: bool = True) -> None:
-    check_images(images, what=f"{what} images")
+                  require_labeled: bool = True,
+                  image_shape: Sequence[int] | None = None) -> None:
+    """`check_images` and `check_labels` of one set; messages start with `what`."""
+    check_images(images, what=f"{what} images", image_shape=image_shape)
     check_labels(labels, images.shape[0], num_classes, what=f"{what} labels",
                  require_labeled=require_labeled)
