@@ -3,14 +3,20 @@
 Speed is measured by `python -m benchmarks.train_step`, never asserted here.
 """
 
+import argparse
 import contextlib
 import io
 import json
 import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from benchmarks import train_step
+from benchmarks import compare_revisions, train_step
 
 TINY = ["--width", "8", "--batch", "4", "--steps", "2", "--warmup", "0",
         "--labeled_per_batch", "2", "--pipeline_examples", "500", "--pipeline_batches", "3",
@@ -135,3 +141,119 @@ def test_both_modes_run_in_processes_of_their_own(tmp_path):
         assert _positive_finite(result["peak_rss_mib"])
     assert report["peak_rss_mib"] == report["results"][report["xla"]]["peak_rss_mib"]
     assert _positive_finite(report["flops"]["profiler_gflop_per_step"])
+
+
+# ------------------------------------------------------------------------------------------
+# benchmarks.compare_revisions: the working tree's step against a git revision's
+
+COMPARE_TINY = ["--batch", "4", "--steps", "1", "--width", "4", "--rounds", "1", "--warmup", "0",
+                "--labeled_per_batch", "2", "--matmul_size", "64", "--conv_batch", "1",
+                "--peak_repeats", "1"]
+
+
+def _compare_revisions(*flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks.compare_revisions", *flags],
+                          cwd=compare_revisions.REPO, capture_output=True, text=True,
+                          check=False)
+
+
+def _git(*arguments: str) -> str:
+    return subprocess.run(["git", *arguments], cwd=compare_revisions.REPO, capture_output=True,
+                          text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def head_comparison(tmp_path_factory):
+    """One tiny comparison of the working tree with HEAD (two processes, ~25-50 s)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    try:
+        _git("rev-parse", "--is-inside-work-tree")
+    except subprocess.CalledProcessError:
+        pytest.skip("the repository is not a git working tree")
+    path = tmp_path_factory.mktemp("compare") / "compare.json"
+    completed = _compare_revisions("--base", "HEAD", *COMPARE_TINY, "--json", str(path))
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(path.read_text()), completed, _git("worktree", "list", "--porcelain")
+
+
+def test_compare_revisions_against_head_reports_both_and_their_ratio(head_comparison):
+    report, completed, worktrees_after = head_comparison
+    assert report["base"]["revision"] == "HEAD"
+    assert report["base"]["commit"] == _git("rev-parse", "HEAD").strip()
+    runs = report["runs"]
+    assert sorted((run["round"], run["revision"]) for run in runs) == [(0, "base"),
+                                                                       (0, "current")]
+    for label in ("current", "base"):
+        summary = report[label]
+        assert len(summary["step_seconds"]) == 1
+        assert all(_positive_finite(s) for s in summary["step_seconds"])
+        for key in ("step_seconds_median", "images_per_second", "percent_of_peak_conv",
+                    "peak_rss_mib"):
+            assert _positive_finite(summary[key]), (label, key, summary[key])
+        assert summary["images_per_second"] == pytest.approx(4 / summary["step_seconds_median"])
+    # Each process imported its own tree's package; the base's tree was a temporary worktree.
+    worktree = report["base"]["tree"].removesuffix(" (removed)")
+    assert report["current"]["imports"]["tensorflow_mean_teacher"].startswith(
+        report["current"]["tree"])
+    assert report["base"]["imports"]["tensorflow_mean_teacher"].startswith(worktree)
+    assert not worktree.startswith(report["current"]["tree"])
+    ratio = (statistics.median(report["current"]["step_seconds"])
+             / statistics.median(report["base"]["step_seconds"]))
+    assert report["ratio"] == pytest.approx(ratio, rel=1e-12)
+    assert report["per_round_ratios"] == [pytest.approx(ratio, rel=1e-12)]
+    assert report["verdict"] == ("no regression" if ratio <= 1.05
+                                 else f"slower by {(ratio - 1) * 100:.1f}%")
+    assert f"verdict: {report['verdict']}" in completed.stdout
+    assert "run 2/2" in completed.stderr
+    # The temporary worktree is gone, from the disk and from git's list.
+    assert not Path(worktree).exists() and worktree not in worktrees_after
+
+
+def test_compare_revisions_rejects_a_bad_revision_and_bad_numbers():
+    bad = _compare_revisions("--base", "no-such-revision-4711", *COMPARE_TINY)
+    assert bad.returncode == 2
+    assert "no-such-revision-4711" in bad.stderr
+    for flag in ("--rounds", "--steps", "--batch", "--width"):
+        completed = _compare_revisions(flag, "0")
+        assert completed.returncode == 2 and f"{flag} must be a positive integer" in (
+            completed.stderr)
+
+
+def test_compare_revisions_names_a_base_train_step_without_mode_only(capsys):
+    parser = argparse.ArgumentParser(prog="compare")
+    with pytest.raises(SystemExit) as raised:
+        compare_revisions.check_train_step(parser, 'parser.add_argument("--batch")', "--base old")
+    assert raised.value.code == 2
+    assert "--base old's benchmarks/train_step.py lacks --mode_only" in capsys.readouterr().err
+
+
+def test_compare_revisions_arithmetic_on_hand_numbers():
+    cr = compare_revisions
+    assert cr.run_order(3) == [("current", "base"), ("base", "current"), ("current", "base")]
+    assert cr.median_ratio([1.0, 3.0, 2.0], [4.0, 1.0, 1.0]) == 2.0
+    assert cr.verdict(1.05) == "no regression"
+    assert cr.verdict(0.8) == "no regression"
+    assert cr.verdict(1.10) == "slower by 10.0%"
+    assert cr.verdict(1.10, tolerance=0.2) == "no regression"
+
+    def run(round_index, revision, seconds, shares, rss):
+        return {"round": round_index, "revision": revision, "step_seconds": seconds,
+                "step_seconds_median": statistics.median(seconds),
+                "percent_of_peak_conv": statistics.median(shares),
+                "percent_of_peak_conv_per_step": shares, "peak_rss_mib": rss}
+    runs = [run(0, "current", [1.1, 1.3], [50.0, 40.0], 900.0),  # median 1.2
+            run(0, "base", [1.0, 1.0], [60.0, 60.0], 950.0),  # 1.0
+            run(1, "base", [2.0, 2.0], [30.0, 30.0], 800.0),  # 2.0 (a slow moment)
+            run(1, "current", [2.2, 2.2], [30.0, 20.0], 700.0)]  # 2.2
+    assert cr.per_round_ratios(runs) == pytest.approx([1.2, 1.1])
+    compared = cr.compare(runs, batch=10, tolerance=0.05)
+    # Pooled steps: current [1.1, 1.3, 2.2, 2.2] -> median 1.75; base [1, 1, 2, 2] -> 1.5.
+    assert compared["current"]["step_seconds_median"] == pytest.approx(1.75)
+    assert compared["base"]["step_seconds_median"] == pytest.approx(1.5)
+    assert compared["ratio"] == pytest.approx(1.75 / 1.5)
+    assert compared["median_of_per_round_ratios"] == pytest.approx(1.15)
+    assert compared["verdict"] == "slower by 16.7%" and compared["regression"] is True
+    assert compared["current"]["images_per_second"] == pytest.approx(10 / 1.75)
+    assert compared["current"]["percent_of_peak_conv"] == pytest.approx(35.0)  # of 50 40 30 20
+    assert compared["base"]["peak_rss_mib"] == 950.0 and compared["current"]["runs"] == 2
