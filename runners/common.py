@@ -240,8 +240,8 @@ def execute(settings: RunSettings, results_dir: str | os.PathLike, *,
 
 
 # Errors that mean "this command cannot run as given": one line, no traceback.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ResultsDirectoryError,
-               RuntimeError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, ResultsDirectoryError, RuntimeError)
 
 
 def exit_on_user_error(function: Callable[[], Any]) -> Any:

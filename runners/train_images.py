@@ -18,6 +18,7 @@ command resumes the run. The last line on stdout is the results as one JSON obje
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from absl import app, flags
@@ -117,7 +118,9 @@ def run(settings: common.RunSettings, results_dir: str, *, image_size: tuple[int
 
     def record(data: datasets.SemiSupervisedData) -> dict[str, Any]:
         # Lists, as config.json stores them: a changed folder refuses to resume the run.
-        return {"data_dir": settings.data_dir, "eval_dir": eval_dir,
+        # Absolute paths: the same folder resumes from any working directory.
+        return {"data_dir": os.path.abspath(settings.data_dir),
+                "eval_dir": None if eval_dir is None else os.path.abspath(eval_dir),
                 "image_size": None if image_size is None else list(image_size),
                 "validation_size": validation_size, "image_shape": list(data.image_shape),
                 "class_names": list(data.class_names),

@@ -33,6 +33,8 @@ MIN_IMAGE_SIZE = 12
 def global_average_pool(x: tf.Tensor) -> tf.Tensor:
     """(N, H, W, C) -> (N, C): the mean over the whole map, as one average-pooling window of
     the map's size (at 32x32 input the original's 6x6 pool, and the very same op)."""
+    if x.shape[1] is None or x.shape[2] is None:  # a map of unknown size: the plain mean
+        return tf.reduce_mean(x, axis=[1, 2])
     pooled = tf.nn.avg_pool2d(x, ksize=tuple(x.shape[1:3]), strides=1, padding="VALID")
     return tf.reshape(pooled, [-1, x.shape[-1]])
 

@@ -226,10 +226,14 @@ class RunCheckpointDecides(keras.callbacks.Callback):
     stream was taken from, is restored again, and `fit` starts from its epoch.
     """
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, console=print):
+    def __init__(self, checkpoint: tf.train.Checkpoint, console=print, *,
+                 always_restore: bool = False):
         super().__init__()
         self.checkpoint = checkpoint
         self.console = console
+        # With a BackupAndRestore: a backup of another run may hold the same step, so the
+        # checkpoint is restored whatever the step (once per `fit`).
+        self.always_restore = always_restore
         self.path = ""
         self.step = 0
         self.initial_epoch = 0
@@ -241,10 +245,11 @@ class RunCheckpointDecides(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         step = global_step(self.model)
         if step != self.step:
-            self.checkpoint.restore(self.path).assert_consumed()
             self.console(f"a callback restored the state of step {step} (BackupAndRestore?); "
                          f"the run's checkpoint {self.path} at step {self.step} is restored "
                          "instead")
+        if step != self.step or self.always_restore:
+            self.checkpoint.restore(self.path).assert_consumed()
         # BackupAndRestore tells `fit` its first epoch through this attribute (fit reads it
         # after on_train_begin); it must be the checkpoint's.
         self.model._initial_epoch = self.initial_epoch

@@ -76,14 +76,17 @@ def export_network(network: keras.Model | Callable, path: str | os.PathLike, *,
 
 
 def _built_image_shape(network) -> tuple[int, ...]:
-    """(height, width, channels) of the images a built network was called on."""
-    shape = getattr(network, "image_shape", None)
-    if shape is None:
+    """(height, width, channels) of a network's declared input (a functional model's)."""
+    try:
+        shape = tuple(network.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or None in shape:
         raise ValueError(
             f"The image shape of {getattr(network, 'name', network)!r} is unknown: pass "
             "image_shape=(height, width, channels)."
         )
-    return tuple(shape)
+    return shape
 
 
 def _remove_tree(path: Path) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import numpy as np
 
 # The images of the original experiments (SVHN, CIFAR-10) and of the bundled digits.
-IMAGE_SHAPE = (32, 32, 3)
 _CHUNK = 4096  # rows checked at a time, so that SVHN extra (531k images) needs no copy
 
 

@@ -153,7 +153,8 @@ class MeanTeacher(keras.Model):
         self.is_initialized = self.add_weight(
             name="is_initialized", shape=(), dtype="bool", initializer="zeros", trainable=False,
         )
-        self._pairs = None  # (student, teacher) weights, matched once both are built
+        # ([(teacher, student) trainable weights], [the other weight pairs]), once both are built.
+        self._pairs = None
 
         names = [n for n in TRAIN_METRIC_NAMES if self.compute_pi_branch or n not in _PI_ONLY]
         self._train_trackers = {
@@ -205,7 +206,7 @@ class MeanTeacher(keras.Model):
             )
 
         self.student = student
-        self.teacher = networks.structural_copy(student, name="teacher")
+        self.teacher = networks.structural_copy(student)
         # Not `teacher.trainable = False`: Keras layers such as BatchNormalization then run in
         # inference mode, and the original's teacher runs in training mode.
         self.student_input_stage = stage(4, "student_input_stage")
@@ -291,6 +292,7 @@ class MeanTeacher(keras.Model):
                 )
         kwargs.setdefault("jit_compile", False)
         super().compile(optimizer=optimizer or self.default_optimizer(), **kwargs)
+        self._pairs = None  # the student's trainable weights may have changed since (unfreezing)
         if self.built:
             # The optimizer's variables exist as soon as the model's, made as `build` makes them
             # (same list, same name scope) whatever the order of compile and build: a saved
@@ -500,6 +502,9 @@ class MeanTeacher(keras.Model):
 
         with tf.GradientTape() as tape:
             class_1, cons_1 = self._tower("student", images, True)
+            # A custom student's regularisation losses, of this pass (Keras replaces them at
+            # every call, and the Pi branch calls the student again). ConvLarge has none.
+            regularization = list(self.student.losses)
             class_costs_1 = losses.classification_costs(class_1, labels)
             res_costs_1 = losses.logit_distance_costs(class_1, cons_1, hp.logit_distance_cost)
             cons_costs_mt = consistency(class_ema)
@@ -515,8 +520,8 @@ class MeanTeacher(keras.Model):
                     class_costs_1, cons_costs_pi, res_costs_1)
                 logits["class_logits_2"] = class_2
             loss = total_mt if hp.ema_consistency else values["train/total_cost/pi"]
-            if self.student.losses:  # a custom student's regularisation losses (ConvLarge: none)
-                loss = loss + tf.cast(tf.add_n(self.student.losses), loss.dtype)
+            if regularization:
+                loss = loss + tf.cast(tf.add_n(regularization), loss.dtype)
             # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer: the loss is
             # scaled here, and unscaled (non-finite steps skipped) in apply. Else the identity.
             scaled_loss = self.optimizer.scale_loss(loss)

@@ -24,9 +24,9 @@ def check_student(student) -> None:
         )
 
 
-def structural_copy(network: keras.Model, name: str) -> keras.Model:
-    """A network of the same structure with new variables (Keras' `clone_model` where it
-    applies; a subclassed network is rebuilt from its config, as Keras recommends)."""
+def structural_copy(network: keras.Model) -> keras.Model:
+    """A network of the same structure (and name) with new variables: Keras' `clone_model`
+    where it applies; a subclassed network is rebuilt from its config, as Keras recommends."""
     try:
         return keras.models.clone_model(network, clone_function=lambda layer: _fresh(layer))
     except ValueError:
@@ -39,7 +39,6 @@ def structural_copy(network: keras.Model, name: str) -> keras.Model:
             f"constructor needs it) so that the teacher can be a copy of it. Received: "
             f"student of type {type(network).__name__}"
         ) from error
-    config = {**config, "name": name}
     return network.__class__.from_config(config)
 
 

@@ -112,19 +112,30 @@ def holds_run(results_dir: Path, config: RunConfig | Mapping) -> bool:
     return True
 
 
-def prepare_results_dir(results_dir: Path, config: RunConfig | Mapping) -> bool:
-    """Creates or checks the results directory; True if it holds a run to resume."""
+def prepare_results_dir(results_dir: Path, config: RunConfig | Mapping, *,
+                        write: bool = True) -> bool:
+    """Creates or checks the results directory; True if it holds a run to resume.
+
+    With `write=False` the config is not written yet (`write_config`, once the model is set
+    up: a run that fails before then leaves an empty directory, which a corrected command may
+    use).
+    """
     if holds_run(results_dir, config):
         return True
-    config_path = results_dir / CONFIG_FILE
     if results_dir.exists() and any(results_dir.iterdir()):
         raise ResultsDirectoryError(
             f"{results_dir} is not empty and has no {CONFIG_FILE}: it is not a results "
             "directory of this project. Choose a new or empty directory."
         )
     results_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(config_path, json.dumps(_as_dict(config), indent=2, sort_keys=True))
+    if write:
+        write_config(results_dir, config)
     return False
+
+
+def write_config(results_dir: Path, config: RunConfig | Mapping) -> None:
+    _write_atomically(results_dir / CONFIG_FILE,
+                      json.dumps(_as_dict(config), indent=2, sort_keys=True))
 
 
 def run_record(config: RunConfig, student: keras.Model | None = None) -> dict:
@@ -264,7 +275,7 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
     record = run_record(config, student)
     chief = distribution.is_chief(strategy)
     # The other workers only read the chief's directory (it must be readable by them all).
-    resuming = prepare_results_dir(results_dir, record) if chief else \
+    resuming = prepare_results_dir(results_dir, record, write=False) if chief else \
         holds_run(results_dir, record)
     # Every worker takes every step (the steps' reductions need them all), but only the chief
     # writes into results_dir; the others write the same files into a temporary directory.
@@ -280,9 +291,9 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
                 f"Export path {str(export_path)!r} exists and is not empty. Choose a new path, "
                 "or pass overwrite_export=True (--overwrite_export on the runners) to replace it."
             )
-        results = _run(config, training_stream, evaluation_data, results_dir, write_dir,
-                       resuming, export_path, overwrite_export, max_checkpoints, console,
-                       strategy, callbacks, student)
+        results = _run(config, record, training_stream, evaluation_data, results_dir,
+                       write_dir, resuming, export_path, overwrite_export, max_checkpoints,
+                       console, strategy, callbacks, student)
     results["seconds"] = time.perf_counter() - started
     if chief:
         _write_atomically(results_dir / RESULTS_FILE,
@@ -290,7 +301,7 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
     return results
 
 
-def _run(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
+def _run(config: RunConfig, record: dict, training_stream: Callable[[int], tf.data.Dataset],
          evaluation_data: tf.data.Dataset, results_dir: Path, write_dir: Path, resuming: bool,
          export_path: Path, overwrite_export: bool, max_checkpoints: int,
          console: Callable[[str], None], strategy: tf.distribute.Strategy,
@@ -308,14 +319,16 @@ def _run(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
                             teacher_reads_ema=config.teacher_reads_ema,
                             eval_mean_decay=config.eval_mean_decay, seed=config.seed, **network)
         model.compile(jit_compile=config.jit_compile)
+    # Batch 0 builds the model (and, on a fresh run, initialises it); a restore overwrites it.
+    model.initialize_from_batch(training_stream(0))
+    if not resuming and distribution.is_chief(strategy):
+        # Only now: a model that cannot be set up (a wrong class count, images too small)
+        # leaves no config behind to refuse the corrected command with.
+        write_config(results_dir, record)
     training_log = cb.MetricsLog(write_dir / "training_log.csv",
                                  write_dir / "tensorboard" / "train")
     validation_log = cb.MetricsLog(write_dir / "validation_log.csv",
                                    write_dir / "tensorboard" / "validation")
-
-    # Batch 0 builds the model (and, on a fresh run, initialises it); a restore overwrites it.
-    model.initialize_from_batch(training_stream(0))
-    model.optimizer.build(model.student.trainable_variables)
     checkpoint = model.training_checkpoint()
     # Every worker saves (saving is collective), each into its own write_dir; every worker
     # restores the chief's latest checkpoint.
@@ -338,7 +351,8 @@ def _run(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
         latest = manager.save(checkpoint_number=0)
     validation_logger = cb.ValidationLogger(validation_log, console)
     spans = cb.EvaluationSpans(span, length)
-    start_point = cb.RunCheckpointDecides(checkpoint, console)
+    start_point = cb.RunCheckpointDecides(checkpoint, console, always_restore=any(
+        isinstance(c, keras.callbacks.BackupAndRestore) for c in user_callbacks))
     callbacks = [
         spans,  # first: its on_epoch_end decides whether this epoch ends the run
         cb.DivergenceGuard(str(results_dir / "checkpoints")),

@@ -98,14 +98,51 @@ def test_a_skipped_step_moves_everything_but_the_student_update(policy):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
+def test_a_skipped_step_still_moves_the_teacher_by_the_ema(policy):
+    x, y = separable_data(20)
+    model = make_model(hp={"rampup_length": 0})
+    model.initialize_from_batch(x)
+    while _skip_count(model) == 0 or _applied_steps(model) < 2:  # teacher != student now
+        model.train_on_batch(x, y)
+    # Force an overflow: the next step's scaled gradients are infinite.
+    model.optimizer.dynamic_scale.assign(2.0**60)
+    decay = float(model.train_on_batch(x, y, return_dict=True)["ema_decay"])
+    teacher_before = model.teacher.get_layer("conv_2_1").kernel.numpy()
+    student = model.student.get_layer("conv_2_1").kernel.numpy()
+    steps = int(model.optimizer.iterations.numpy())
+    model.optimizer.dynamic_scale.assign(2.0**60)
+    model.train_on_batch(x, y)
+    assert float(model.optimizer.dynamic_scale.numpy()) == 2.0**59  # skipped
+    assert int(model.optimizer.iterations.numpy()) == steps + 1
+    np.testing.assert_array_equal(model.student.get_layer("conv_2_1").kernel.numpy(), student)
+    expected = teacher_before - (teacher_before - student) * (1 - decay)
+    np.testing.assert_allclose(model.teacher.get_layer("conv_2_1").kernel.numpy(), expected,
+                               rtol=1e-6, atol=1e-8)
+    assert not np.allclose(expected, teacher_before, rtol=0, atol=1e-9)
+
+
+def _applied_steps(model):
+    return int(model.optimizer.iterations.numpy()) - _skip_count(model)
+
+
+class ScaleRecorder(keras.callbacks.Callback):
+    def on_train_end(self, logs=None):
+        self.scale = float(self.model.optimizer.dynamic_scale.numpy())
+        self.steps = int(self.model.optimizer.iterations.numpy())
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16"], indirect=True)
 def test_train_counts_skipped_steps_as_steps(policy, tmp_path):
     from tensorflow_mean_teacher.training import train
     from tests.test_training import config, streams
 
     stream, evaluation = streams()
+    recorder = ScaleRecorder()
     results = train(config(training_length=6, evaluation_span=3), stream, evaluation,
-                    tmp_path / "run", console=lambda line: None)
-    # Loss scaling skipped the first steps; the run still took its 6 steps on 6 batches.
+                    tmp_path / "run", callbacks=[recorder], console=lambda line: None)
+    # Loss scaling skipped steps (the scale fell from 2**15), and the run still took its 6
+    # steps on 6 batches, evaluating and checkpointing on schedule.
+    assert recorder.scale < 2.0**15 and recorder.steps == 6
     assert results["step"] == 6
     assert json.loads((tmp_path / "run" / "results.json").read_text())["step"] == 6
     rows = list(csv.DictReader(open(tmp_path / "run" / "validation_log.csv")))

@@ -242,3 +242,17 @@ def test_a_custom_student_run_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(state[name], value, err_msg=name)
     assert read_csv(tmp_path / "run" / "validation_log.csv") == \
         read_csv(tmp_path / "reference" / "validation_log.csv")
+
+
+def test_a_run_that_fails_in_its_set_up_leaves_the_directory_to_the_corrected_command(tmp_path):
+    stream, evaluation = streams()
+    inputs = keras.Input((32, 32, 3))
+    three_classes = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ValueError, match="returns 3 class logits, but the model has "
+                                         "num_classes=10"):
+        train(config(), stream, evaluation, tmp_path / "run", student=three_classes,
+              console=lambda _: None)
+    assert not (tmp_path / "run" / "config.json").exists()
+    results = train(config(training_length=2, evaluation_span=2), stream, evaluation,
+                    tmp_path / "run", student=custom_student(), console=lambda _: None)
+    assert results["step"] == 2

@@ -12,6 +12,7 @@ import numpy as np
 
 import datasets
 from runners import common
+from tensorflow_mean_teacher import training
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,6 +27,10 @@ class NoFlags:
 
 def test_execute_runs_premade_data_without_reading_flags(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "FLAGS", NoFlags())
+    # deterministic=True must reach the run; TF's op determinism itself would stay on for the
+    # rest of the test session (there is no way back), so record the call instead.
+    seeded = []
+    monkeypatch.setattr(training, "enable_determinism", seeded.append)
     rng = np.random.RandomState(0)
     labels = np.repeat([0, 1, 2, -1], 6)
     images = (rng.rand(24, 32, 32, 3) * 0.3 + np.maximum(labels, 0)[:, None, None, None] * 0.3)
@@ -44,7 +49,7 @@ def test_execute_runs_premade_data_without_reading_flags(tmp_path, monkeypatch):
     results = common.execute(settings, tmp_path / "run", data=load,
                              data_record=lambda data: {"image_shape": list(data.image_shape)},
                              export_dir=tmp_path / "exported", console=lines.append)
-    assert calls == [1]
+    assert calls == [1] and seeded == [0]  # the run's seed (data_seed 0)
     assert results["num_classes"] == 3 and results["n_labeled"] == 15 and results["step"] == 2
     assert lines[0].startswith("my_arrays_alllabels_seed0: 21 training images (15 labeled), "
                                "3 evaluation images, 32x32x3, 3 classes")

@@ -89,15 +89,45 @@ def test_a_28x28_grayscale_folder_with_an_eval_dir_trains(tmp_path):
     assert config["data"]["test_phase"] is True and config["data"]["image_shape"] == [28, 28, 1]
 
 
-def test_a_bad_folder_gives_one_error_line_and_exit_code_2(tmp_path):
+def _broken_png(root):
+    (root / "square" / "broken.png").write_bytes(b"not a png at all")
+    return f"{Path('shapes') / 'square' / 'broken.png'} is not a readable image"
+
+
+def _text_file(root):
+    (root / "circle" / "notes.txt").write_text("not an image")
+    return f"{Path('shapes') / 'circle' / 'notes.txt'} is not an image file"
+
+
+def _empty_class(root):
+    (root / "hexagon").mkdir()
+    return f"The class folder {Path('shapes') / 'hexagon'} has no image"
+
+
+def _no_class(root):
+    for path in sorted(root.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    return "shapes has no class subfolder"
+
+
+def _a_file(root):
+    for path in sorted(root.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    root.rmdir()
+    root.write_text("a file, not a folder")
+    return "must be a directory of class subfolders. Received: data_dir=shapes"
+
+
+@pytest.mark.parametrize("spoil", [_broken_png, _text_file, _empty_class, _no_class, _a_file])
+def test_a_bad_folder_gives_one_error_line_and_exit_code_2(tmp_path, spoil):
     write_image_folder(tmp_path / "shapes", per_class=2, n_unlabeled=0)
-    (tmp_path / "shapes" / "square" / "broken.png").write_bytes(b"not a png at all")
+    message = spoil(tmp_path / "shapes")
     done = run_runner("--data_dir=shapes", "--results_dir=res", *TINY, cwd=tmp_path)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, done.stderr
-    assert f"{Path('shapes') / 'square' / 'broken.png'} is not a readable image" in errors[0]
+    assert message in errors[0]
     assert not (tmp_path / "res").exists()
 
 
