@@ -44,3 +44,22 @@ def test_the_conformance_command_names_existing_fixtures():
     for prefix in ("", "eigen_no_onednn/"):
         for name in pattern.split(","):
             assert (REPO / "tests/data/reference" / f"{prefix}{name}.npz").exists()
+
+
+def test_the_own_network_example_runs(tmp_path):
+    code = re.search(r"## Your own network\n.*?```python\n(.*?)```", README, re.S).group(1)
+    for old, new in (("training_length=300", "training_length=4"),
+                     ("rampup_length=100, rampdown_length=100",
+                      "rampup_length=2, rampdown_length=2"),
+                     ("epochs=25", "epochs=1"), ("size=(600,", "size=(200,"),
+                     ("np.arange(600)", "np.arange(200)"),
+                     ('"mean_teacher.keras"', repr(str(tmp_path / "mt.keras"))),
+                     ('"teacher_savedmodel"', repr(str(tmp_path / "teacher")))):
+        assert old in code, old
+        code = code.replace(old, new)
+    code += "\nassert model.teacher is not backbone and model.student is backbone\n"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                               text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "mt.keras").exists()
+    assert (tmp_path / "teacher" / "saved_model.pb").exists()
