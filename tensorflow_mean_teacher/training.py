@@ -251,7 +251,9 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
         callbacks: Keras callbacks, called after the run's own (see above).
         student: the student network (`MeanTeacher(student=...)`); None: ConvLarge of
             `config.width`. Its class name is recorded in config.json (a run is not resumed
-            with another class); its weights come from the checkpoint on resume.
+            with another class); its weights come from the checkpoint on resume. With a
+            `strategy`, build the student inside `strategy.scope()`, so that its variables are
+            the strategy's as its teacher's are.
         export_dir: where to export the teacher (default `results_dir/teacher`).
         overwrite_export: replace an existing, non-empty export_dir.
         strategy: a `tf.distribute.Strategy` (None: the default strategy, one device).
