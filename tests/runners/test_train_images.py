@@ -22,14 +22,17 @@ TINY = ["--width=4", "--batch_size=8", "--n_labeled_per_batch=4", "--training_le
 def write_image_folder(root: Path, classes=("circle", "square", "triangle"), per_class=8,
                        n_unlabeled=6, shape=(32, 32, 3)) -> Path:
     """A folder of `keras.utils.image_dataset_from_directory`'s layout, with unlabeled/: each
-    class has its own mean brightness, so the classes can be told apart."""
+    class is its own smooth random pattern (4x4 blobs, so a shift by a few pixels keeps it)
+    plus noise, so the classes can be told apart, also after per-image normalisation."""
     rng = np.random.RandomState(0)
+    coarse = rng.rand(len(classes), 4, 4, shape[2]).astype(np.float32)
+    patterns = tf.image.resize(coarse, shape[:2]).numpy() * 200
     folders = [(name, k, per_class) for k, name in enumerate(classes)]
     for name, klass, count in [*folders, ("unlabeled", None, n_unlabeled)]:
         (root / name).mkdir(parents=True)
         for i in range(count):
-            mean = rng.randint(len(classes)) if klass is None else klass
-            pixels = rng.rand(*shape) * 60 + mean * 80
+            pattern = patterns[rng.randint(len(classes)) if klass is None else klass]
+            pixels = pattern + rng.rand(*shape) * 55
             tf.io.write_file(str(root / name / f"{i}.png"),
                              tf.io.encode_png(pixels.astype(np.uint8)))
     return root
