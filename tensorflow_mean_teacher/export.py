@@ -20,6 +20,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tensorflow_mean_teacher.networks import declared_image_shape
+
 SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
@@ -47,7 +49,12 @@ def export_network(network: keras.Model | Callable, path: str | os.PathLike, *,
     if not all(getattr(item, "built", True) for item in track):
         raise ValueError("The network is not built: initialise or train it before exporting.")
     if image_shape is None:
-        image_shape = _built_image_shape(track[0])
+        image_shape = declared_image_shape(track[0])
+        if image_shape is None:
+            raise ValueError(
+                f"The image shape of {getattr(track[0], 'name', track[0])!r} is unknown: pass "
+                "image_shape=(height, width, channels)."
+            )
 
     def serve(images):
         if isinstance(network, keras.Model):
@@ -73,20 +80,6 @@ def export_network(network: keras.Model | Callable, path: str | os.PathLike, *,
         _remove_tree(path)
     staging.rename(path)
     return path
-
-
-def _built_image_shape(network) -> tuple[int, ...]:
-    """(height, width, channels) of a network's declared input (a functional model's)."""
-    try:
-        shape = tuple(network.inputs[0].shape[1:])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        shape = ()
-    if len(shape) != 3 or None in shape:
-        raise ValueError(
-            f"The image shape of {getattr(network, 'name', network)!r} is unknown: pass "
-            "image_shape=(height, width, channels)."
-        )
-    return shape
 
 
 def _remove_tree(path: Path) -> None:

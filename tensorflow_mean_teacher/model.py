@@ -164,7 +164,7 @@ class MeanTeacher(keras.Model):
         self._eval_trackers = {name: keras.metrics.Mean(name=name)
                                for name in ("loss", *EVAL_METRIC_NAMES)}
         if not self.uses_convlarge and student.built:
-            shape = self.image_shape or _declared_image_shape(student)
+            shape = self.image_shape or networks.declared_image_shape(student)
             if shape is not None:  # e.g. a functional student: ready before any data
                 self.build((None, *shape))
 
@@ -714,15 +714,6 @@ def _results(trackers: dict) -> dict:
         # which fails on a scalar (keras-team/keras#20585): give it that axis.
         means = [tf.reshape(mean, [1]) for mean in means]
     return dict(zip(trackers, means, strict=True))
-
-
-def _declared_image_shape(network: keras.Model) -> tuple[int, ...] | None:
-    """(height, width, channels) from a network's declared input, if it has a complete one."""
-    try:
-        shape = tuple(network.inputs[0].shape[1:])
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-    return shape if len(shape) == 3 and all(d is not None for d in shape) else None
 
 
 def _images_shape(data) -> tuple | None:

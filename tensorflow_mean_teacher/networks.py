@@ -48,6 +48,16 @@ def _fresh(layer: keras.layers.Layer) -> keras.layers.Layer:
     return layer.__class__.from_config(layer.get_config())
 
 
+def declared_image_shape(network) -> tuple[int, ...] | None:
+    """(height, width, channels) from a network's declared input (a functional model's), if it
+    has a complete one; else None."""
+    try:
+        shape = tuple(network.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return shape if len(shape) == 3 and all(d is not None for d in shape) else None
+
+
 def weight_pairs(student: keras.Model, teacher: keras.Model) -> list[tuple]:
     """(student_weight, teacher_weight) for every weight, matched by creation order."""
     student_weights, teacher_weights = student.weights, teacher.weights
