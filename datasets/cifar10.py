@@ -49,14 +49,21 @@ for _module in ("numpy.core", "numpy._core"):
     _SAFE_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = _frombuffer
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a function or class a CIFAR-10 batch never holds."""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> object:
+        # Every global (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) is resolved here, so nothing
+        # outside _SAFE_GLOBALS can be imported or called while unpickling.
         try:
             return _SAFE_GLOBALS[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: a CIFAR-10 batch only holds arrays and lists"
-            ) from None
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+    def persistent_load(self, pid: object) -> object:
+        raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
 def _files_hint(data_dir: str | os.PathLike) -> str:
@@ -69,31 +76,57 @@ def _files_hint(data_dir: str | os.PathLike) -> str:
 
 
 def _read_batch(path: str, hint: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of one python-version batch, or one ValueError naming the file.
+
+    The pickle is read by `_ArrayUnpickler`, which can only build arrays, lists, dicts and
+    bytes: a file whose pickle refers to anything else (a function that would run code) is
+    refused before that reference is resolved.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CIFAR-10 batch file not found: {path}. To fix it, {hint}.")
     try:
         with open(path, "rb") as file:
             # The batches were pickled by Python 2: 'bytes' keeps their str keys as bytes.
             batch = _ArrayUnpickler(file, encoding="bytes").load()
-        data = np.asarray(batch[b"data"])
-        labels = np.asarray(batch[b"labels"])
+    except _RefusedGlobal as error:
+        raise ValueError(
+            f"CIFAR-10 batch file {path} is not a CIFAR-10 batch: its pickle refers to {error}, "
+            "which could run code, so it was refused without loading it. Download the batches "
+            f"again: {hint}."
+        ) from None
     except Exception as error:
         raise ValueError(
             f"CIFAR-10 batch file {path} is corrupt or truncated "
             f"({type(error).__name__}: {error}). Download it again: {hint}."
         ) from error
 
+    def corrupt(what: str) -> ValueError:
+        return ValueError(f"CIFAR-10 batch file {path} is corrupt: {what}. Download it again: "
+                          f"{hint}.")
+
+    if not isinstance(batch, dict):
+        raise corrupt(f"expected a dict with b'data' and b'labels', found {type(batch).__name__}")
+    missing = [key for key in (b"data", b"labels") if key not in batch]
+    if missing:
+        raise corrupt(f"it has no {' or '.join(map(repr, missing))} entry "
+                      f"(entries found: {sorted(map(repr, batch))})")
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"])
+    except ValueError as error:  # ragged lists
+        raise corrupt(f"its data or labels are not arrays ({error})") from error
+
     if data.ndim != 2 or data.shape[1] != _PIXELS or data.dtype != np.uint8:
-        raise ValueError(
-            f"CIFAR-10 batch file {path} is corrupt: expected data of shape (N, {_PIXELS}) "
-            f"and dtype uint8, found {data.shape} {data.dtype}."
-        )
-    if labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
-        raise ValueError(
-            f"CIFAR-10 batch file {path} is corrupt: expected {len(data)} labels in 0..9, "
-            f"found shape {labels.shape} with values {labels.min(initial=0)}.."
-            f"{labels.max(initial=0)}."
-        )
+        raise corrupt(f"expected data of shape (N, {_PIXELS}) and dtype uint8, found "
+                      f"{data.shape} {data.dtype}")
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise corrupt(f"expected a list of integer labels, found shape {labels.shape} and "
+                      f"dtype {labels.dtype}")
+    if len(labels) != len(data):
+        raise corrupt(f"it has {len(data)} images but {len(labels)} labels")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise corrupt(f"expected {len(data)} labels in 0..9, found shape {labels.shape} with "
+                      f"values {labels.min()}..{labels.max()}")
     # Rows are the R plane, then G, then B, each 32x32 row-major; make them NHWC.
     images = data.reshape(len(data), 3, 32, 32).transpose(0, 2, 3, 1)
     return images, labels
@@ -132,7 +165,7 @@ def load_cifar10(
             `data_dir` (default `data/images/cifar/cifar10`); 'tfds' reads the TFDS `cifar10`
             dataset from `data_dir` (default: the TFDS default directory).
         cache_dir: if given, the whitened arrays are stored there and reused (whitening the
-            full set takes a while).
+            full set takes a while); an unusable cache file is recomputed, with a warning.
         download: with source='tfds', download and prepare the dataset if it is missing.
     """
     if source not in _SOURCES:

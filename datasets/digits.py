@@ -37,22 +37,68 @@ def prepare_digit_images(images: np.ndarray) -> np.ndarray:
     return np.repeat(scaled[..., None], 3, axis=-1)
 
 
+def _unreadable(path: str | os.PathLike, error: Exception, restore: str,
+                key: str | None = None) -> ValueError:
+    if isinstance(error, ValueError) and "pickle" in str(error):
+        # numpy's refusal (allow_pickle=False) of a file that is not npz/npy, or of an object
+        # array in the archive: either would have to be unpickled.
+        what = (f"{key!r} is an object array (pickled data)" if key else
+                "it is neither an npz archive nor an .npy file (numpy would read it as a pickle)")
+        return ValueError(f"The digits file {path} is corrupt: {what}, which is never "
+                          f"unpickled. {restore}")
+    return ValueError(f"The digits file {path} is corrupt or unreadable "
+                      f"({type(error).__name__}: {error}). {restore}")
+
+
 def _read_digits(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """images and labels of the digits npz, or one ValueError naming the file and the fault.
+
+    Read with allow_pickle=False: an object array (a pickle inside the npz) is refused, never
+    unpickled.
+    """
+    restore = "Restore datasets/data/digits.npz from version control."
     try:
-        with np.load(path) as data:
-            images, labels = data["images"], data["labels"]
+        archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"The bundled digits file {path} is missing; it is part of the repository "
             "(datasets/data/digits.npz). Restore it from version control."
         ) from None
     except Exception as error:
-        raise ValueError(f"The digits file {path} is corrupt or unreadable: {error}") from error
-    if images.ndim != 3 or images.shape[1:] != (8, 8) or len(labels) != len(images):
+        raise _unreadable(path, error, restore) from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"The digits file {path} is corrupt or unreadable: it is a single "
+                         f".npy array, not an npz archive of images and labels. {restore}")
+    with archive:
+        missing = [key for key in ("images", "labels") if key not in archive.files]
+        if missing:
+            raise ValueError(
+                f"The digits file {path} is corrupt: it has no {' or '.join(map(repr, missing))}"
+                f" array (arrays found: {sorted(archive.files) or 'none'}). {restore}"
+            )
+        arrays = []
+        for key in ("images", "labels"):
+            try:
+                arrays.append(archive[key])
+            except Exception as error:  # an object array (pickled), a truncated or bad member
+                raise _unreadable(path, error, restore, key) from error
+        images, labels = arrays
+    if (not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray)
+            or images.ndim != 3 or images.shape[1:] != (8, 8) or labels.ndim != 1
+            or len(labels) != len(images)):
         raise ValueError(
             f"The digits file {path} is corrupt: expected images (N, 8, 8) and N labels, found "
-            f"images {images.shape} and labels {labels.shape}."
+            f"images {np.shape(images)} and labels {np.shape(labels)}. {restore}"
         )
+    for name, array, high in (("images", images, _MAX_PIXEL), ("labels", labels, 9)):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"The digits file {path} is corrupt: expected integer {name}, "
+                             f"found dtype {array.dtype}. {restore}")
+        if array.size and (array.min() < 0 or array.max() > high):
+            raise ValueError(
+                f"The digits file {path} is corrupt: expected {name} in 0..{high}, found "
+                f"values {array.min()}..{array.max()}. {restore}"
+            )
     return images, labels
 
 
@@ -75,6 +121,10 @@ def load_digits(
     ...) is a test example, the rest are training examples; both keep file order. That gives
     1,442 training and 355 test images; draw labeled/validation subsets of the training part
     with `partition_indices`.
+
+    Raises FileNotFoundError if the file is missing, and a ValueError naming it if it is not the
+    digits npz: unreadable or truncated, pickled (object) data, which is never unpickled,
+    missing arrays, wrong shapes or dtypes, labels outside 0..9 or pixels outside 0..16.
     """
     images, labels = _read_digits(path)
     x = prepare_digit_images(images)

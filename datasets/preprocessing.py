@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
+import warnings
 
 import numpy as np
 
@@ -154,13 +154,53 @@ def _save_npz_atomically(path: str, **arrays: np.ndarray) -> None:
         raise
 
 
+def _reason(error: Exception, key: str | None = None) -> str:
+    if isinstance(error, ValueError) and "pickle" in str(error):
+        # numpy's refusal (allow_pickle=False) of a file that is not npz/npy, or of an object
+        # array in the archive: either would have to be unpickled.
+        what = (f"{key!r} is an object array (pickled data)" if key else
+                "it is neither an npz archive nor an .npy file (numpy would read it as a pickle)")
+        return f"{what}, which is never unpickled"
+    return f"{type(error).__name__}: {error}"
+
+
+def _read_cache(path: str, train_shape: tuple[int, ...], test_shape: tuple[int, ...]
+                ) -> tuple[np.ndarray, np.ndarray] | str:
+    """The cached (train_x, test_x), or why the file cannot be them."""
+    try:
+        # allow_pickle=False: an object array in the file is refused, never unpickled.
+        archive = np.load(path, allow_pickle=False)
+    except Exception as error:
+        return _reason(error)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        return "a single .npy array, not an npz archive"
+    with archive:
+        missing = [key for key in ("train_x", "test_x") if key not in archive.files]
+        if missing:
+            return f"no {' or '.join(map(repr, missing))} array"
+        arrays = []
+        for key in ("train_x", "test_x"):
+            try:
+                arrays.append(archive[key])
+            except Exception as error:  # an object array, a truncated or damaged member
+                return _reason(error, key)
+    for name, array, shape in zip(("train_x", "test_x"), arrays, (train_shape, test_shape),
+                                  strict=True):
+        if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != np.float32:
+            return (f"{name} is {np.shape(array)} {getattr(array, 'dtype', type(array).__name__)}"
+                    f", expected {shape} float32")
+    return arrays[0], arrays[1]
+
+
 def cached_gcn_zca(
     train_images: np.ndarray, test_images: np.ndarray, cache_dir: str | os.PathLike | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """`gcn_zca`, stored in `cache_dir` as `gcn_zca_<hash>.npz` and reused when present.
 
     The hash covers the input pixels, shapes, dtypes and preprocessing constants. With
-    `cache_dir=None` nothing is cached.
+    `cache_dir=None` nothing is cached. A cache file that cannot be the result (unreadable,
+    truncated, an object array, other keys, shapes or dtypes) is never unpickled nor used: it
+    is recomputed and replaced, with a warning naming the file and the fault.
     """
     train_images = _check_images("train_images", train_images)
     test_images = _check_images("test_images", test_images)
@@ -171,14 +211,15 @@ def cached_gcn_zca(
     file_name = f"gcn_zca_{_cache_key(train_images, test_images)}.npz"
     path = os.path.join(os.fspath(cache_dir), file_name)
     if os.path.exists(path):
-        try:
-            with np.load(path) as cached:
-                return cached["train_x"], cached["test_x"]
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(
-                f"The cached preprocessed file {path} is unreadable ({error}). "
-                "Delete it to recompute it."
-            ) from error
+        cached = _read_cache(path, train_images.shape, test_images.shape)
+        if not isinstance(cached, str):
+            return cached
+        warnings.warn(
+            f"The cached preprocessed file {path} is unusable ({cached}); recomputing it and "
+            "replacing the file.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     train_x, test_x = gcn_zca(train_images, test_images)
     _save_npz_atomically(path, train_x=train_x, test_x=test_x)

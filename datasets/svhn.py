@@ -28,33 +28,57 @@ def _files_hint(directory: str | os.PathLike, splits: tuple[str, ...]) -> str:
 
 
 def _read_mat(path: str, hint: str) -> tuple[np.ndarray, np.ndarray]:
+    """X and y of one SVHN .mat file, or one ValueError naming the file and what is wrong.
+
+    scipy's MATLAB reader builds arrays only (no pickle, nothing is run); anything else than
+    the layout of the real files (X uint8 (32, 32, 3, N), y (N, 1) of the digits 1..10) is
+    refused before use.
+    """
     # Imported here so that the other loaders work without scipy.
     import scipy.io
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"SVHN file not found: {path}. To fix it, {hint}.")
+    download_again = f"Download it again from {SVHN_URL}."
     try:
         contents = scipy.io.loadmat(path)
-        x, y = contents["X"], contents["y"]
     except Exception as error:
         raise ValueError(
             f"SVHN file {path} is corrupt or truncated ({type(error).__name__}: {error}). "
-            f"Download it again from {SVHN_URL}."
+            f"{download_again}"
         ) from error
+    missing = [key for key in ("X", "y") if key not in contents]
+    if missing:
+        found = sorted(key for key in contents if not key.startswith("__")) or "none"
+        raise ValueError(
+            f"SVHN file {path} is corrupt: it has no {' or '.join(map(repr, missing))} array "
+            f"(arrays found: {found}). {download_again}"
+        )
+    x, y = np.asarray(contents["X"]), np.asarray(contents["y"])
 
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
         raise ValueError(
             f"SVHN file {path} is corrupt: expected X of shape (32, 32, 3, N) and dtype uint8, "
-            f"found {x.shape} {x.dtype}."
+            f"found {x.shape} {x.dtype}. {download_again}"
+        )
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(
+            f"SVHN file {path} is corrupt: expected numeric labels y, found dtype {y.dtype}. "
+            f"{download_again}"
         )
     y = y.reshape(-1)
-    if len(y) != x.shape[3] or y.min(initial=1) < 1 or y.max(initial=10) > 10:
+    # Also refuses NaN and fractional labels, which a min/max check would let through.
+    valid = (y >= 1) & (y <= 10) & (y == np.round(y))
+    if len(y) != x.shape[3] or not valid.all():
+        bad = y[~valid]
+        found = f"{len(y)} labels" + (f", {len(bad)} of them outside 1..10 (first: {bad[0]})"
+                                      if len(bad) else " in 1..10")
         raise ValueError(
             f"SVHN file {path} is corrupt: expected {x.shape[3]} labels in 1..10, found "
-            f"{len(y)} labels in {y.min(initial=0)}..{y.max(initial=0)}."
+            f"{found}. {download_again}"
         )
     images = np.transpose(x, (3, 0, 1, 2))
-    labels = y % 10  # the files label the digit 0 as 10
+    labels = y.astype(np.int64) % 10  # the files label the digit 0 as 10
     return images, labels
 
 

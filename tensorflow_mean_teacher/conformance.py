@@ -8,7 +8,10 @@ Adam state and an evaluation. The replay builds a `MeanTeacher` from the stored 
 recreates the initial V, runs the same init and steps on the same batches, and compares every
 quantity with the tolerance of FORMAT.md section 5.2 (about ten times the float32 noise floor
 measured between two kernel sets of the TF1 code itself). Exit status: 0 when every group is
-within tolerance, 1 when one is not, 2 when a fixture cannot be read or has unknown settings.
+within tolerance, 1 when one is not, 2 (one `error:` line naming the file) when a fixture cannot
+be read or is malformed: not an npz, an object array (a pickle, never unpickled: the file is read
+with allow_pickle=False), missing keys, inputs of the wrong shape, dtype or labels, or unknown
+settings.
 """
 
 from __future__ import annotations
@@ -136,19 +139,100 @@ def tolerance_for(key: str) -> tuple[str, Tolerance] | None:
 # Reading and replaying
 
 
-def load_fixture(path: str | Path) -> dict:
-    """Reads a fixture into a dict of arrays, with `hyperparams` and `settings` parsed."""
+_IMAGE_SHAPE = (32, 32, 3)  # FORMAT.md 1.1: 32x32x3 patches
+_NUM_CLASSES = 10
+
+
+def _reason(error: Exception, key: str | None = None) -> str:
+    if isinstance(error, ValueError) and "pickle" in str(error):
+        # numpy's refusal (allow_pickle=False) of a file that is not npz/npy, or of an object
+        # array in the archive: either would have to be unpickled.
+        what = (f"{key!r} is an object array (pickled data)" if key else
+                "it is neither an npz archive nor an .npy file (numpy would read it as a pickle)")
+        return f"{what}, which is never unpickled (FORMAT.md has no pickles)"
+    return f"{type(error).__name__}: {error}"
+
+
+def _read_arrays(path: str | Path) -> dict:
+    """Every array of the npz, read with allow_pickle=False: an object array is refused."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            fixture = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise FixtureError(f"Cannot read fixture {path}: {error}") from error
+        archive = np.load(path, allow_pickle=False)
+    except Exception as error:  # not a file, not a zip, a pickle, a bad header
+        raise FixtureError(f"Cannot read fixture {path}: {_reason(error)}") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise FixtureError(f"Cannot read fixture {path}: it is a single .npy array, not an npz "
+                           "archive in the FORMAT.md format.")
+    fixture = {}
+    with archive:
+        for key in archive.files:
+            try:
+                fixture[key] = archive[key]
+            except Exception as error:  # an object array (pickled), a truncated member, ...
+                raise FixtureError(f"Cannot read fixture {path}: {_reason(error, key)}"
+                                   ) from error
+            if not isinstance(fixture[key], np.ndarray):
+                raise FixtureError(f"Cannot read fixture {path}: key {key!r} is not a .npy "
+                                   "array.")
+    return fixture
+
+
+def _check_arrays(path: str | Path, fixture: dict) -> None:
+    """Refuses inputs and reference values of the wrong shape or dtype (FORMAT.md 1.1, 1.3)."""
+    def refuse(what: str) -> FixtureError:
+        return FixtureError(f"Fixture {path}: {what}; not in the FORMAT.md format.")
+
+    def describe(key: str) -> str:
+        return f"{key} has shape {fixture[key].shape} and dtype {fixture[key].dtype}"
+
+    for key in ("hyperparams_json", "fixture_json"):
+        if fixture[key].shape != () or fixture[key].dtype.kind != "U":
+            raise refuse(f"{describe(key)}, expected a 0-d unicode string")
+    batches_x, batches_y = fixture["batches_x"], fixture["batches_y"]
+    eval_x, eval_y = fixture["eval_x"], fixture["eval_y"]
+    if (batches_x.ndim != 5 or batches_x.shape[2:] != _IMAGE_SHAPE or len(batches_x) < 2
+            or batches_x.shape[1] < 1 or batches_x.dtype.kind != "f"):
+        raise refuse(f"{describe('batches_x')}, expected (K + 1, B, 32, 32, 3) float with K >= 1")
+    if batches_y.shape != batches_x.shape[:2] or batches_y.dtype.kind not in "iu":
+        raise refuse(f"{describe('batches_y')}, expected {batches_x.shape[:2]} integer")
+    if eval_x.ndim != 4 or eval_x.shape[1:] != _IMAGE_SHAPE or len(eval_x) < 1 \
+            or eval_x.dtype.kind != "f":
+        raise refuse(f"{describe('eval_x')}, expected (M, 32, 32, 3) float")
+    if eval_y.shape != eval_x.shape[:1] or eval_y.dtype.kind not in "iu":
+        raise refuse(f"{describe('eval_y')}, expected {eval_x.shape[:1]} integer")
+    for key in ("batches_y", "eval_y"):
+        labels = fixture[key]
+        if labels.min() < -1 or labels.max() >= _NUM_CLASSES:
+            raise refuse(f"{key} holds labels {labels.min()}..{labels.max()}, expected class ids "
+                         f"0..{_NUM_CLASSES - 1} or -1 (unlabeled)")
+    for key in ("batches_x", "eval_x"):
+        if not np.all(np.isfinite(fixture[key])):
+            raise refuse(f"{key} holds NaN or infinite pixels")
+    for key, value in fixture.items():
+        try:
+            rule = tolerance_for(key)
+        except IndexError:  # 'final', 'eval_metric/x': a group prefix without its parts
+            raise refuse(f"key {key!r} is not a key of FORMAT.md 1.3") from None
+        if rule is not None and value.dtype.kind not in "biuf":
+            raise refuse(f"{describe(key)}, expected a number array (a reference value)")
+
+
+def load_fixture(path: str | Path) -> dict:
+    """Reads a fixture into a dict of arrays, with `hyperparams` and `settings` parsed.
+
+    Raises FixtureError (exit status 2 of `main`) naming the file for anything that is not a
+    fixture of FORMAT.md: not an npz, an object (pickled) array, which is never unpickled,
+    missing keys, inputs of the wrong shape, dtype or labels, unusable settings.
+    """
+    fixture = _read_arrays(path)
     missing = [key for key in _REQUIRED_KEYS if key not in fixture]
     if missing:
         raise FixtureError(f"Fixture {path} lacks the keys {missing}: not in the FORMAT.md format.")
+    _check_arrays(path, fixture)
     try:
         hyperparams = json.loads(str(fixture["hyperparams_json"]))
         settings = json.loads(str(fixture["fixture_json"]))
+        if not isinstance(hyperparams, dict) or not isinstance(settings, dict):
+            raise ValueError("hyperparams_json and fixture_json must be JSON objects")
         fixture["hyperparams"] = HyperParams.from_dict(hyperparams)
     except (ValueError, TypeError) as error:
         raise FixtureError(f"Fixture {path} has unusable hyperparameters: {error}") from error
@@ -156,6 +240,10 @@ def load_fixture(path: str | Path) -> dict:
     variant = settings.get("ema_race_variant", "pre")
     if variant not in ("pre", "post"):
         raise FixtureError(f"Fixture {path}: unknown ema_race_variant {variant!r}.")
+    init_seed = settings.get("init_seed", 1234)
+    if not isinstance(init_seed, int) or isinstance(init_seed, bool) or init_seed < 0:
+        raise FixtureError(f"Fixture {path}: init_seed must be an integer >= 0, found "
+                           f"{init_seed!r}.")
     return fixture
 
 

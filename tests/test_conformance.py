@@ -1,12 +1,22 @@
 """The port against the TF1 reference fixtures (tests/data/reference, FORMAT.md section 5.2)."""
 
 import json
+import os
+import pickle
+import re
+import shlex
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tensorflow_mean_teacher import conformance
 from tests.conftest import REFERENCE_DIR, TRAJECTORY_FIXTURES
+
+REPO = Path(__file__).resolve().parents[1]
 
 EXPECTED_GROUPS = {
     "adam_slots (sanity)", "beta_powers", "eval_logits/student", "eval_logits/teacher",
@@ -99,3 +109,151 @@ def test_cli_exit_codes(tmp_path, capsys):
     np.savez_compressed(tmp_path / "empty.npz", x=np.zeros(1))
     assert conformance.main([str(tmp_path / "empty.npz")]) == 2
     assert "lacks the keys" in capsys.readouterr().err
+
+
+class RunsCode:
+    """Unpickling it runs `touch marker`: the payload of a hostile fixture."""
+
+    def __init__(self, marker):
+        self.command = f"touch {shlex.quote(str(marker))}"
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.fixture(scope="module")
+def fixture_arrays():
+    with np.load(REFERENCE_DIR / "mt_mse.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture
+def payload(tmp_path):
+    """(an object that creates `marker` when unpickled, marker); checked to be live."""
+    marker = tmp_path / "MARKER"
+    pickle.loads(pickle.dumps(RunsCode(marker)))
+    assert marker.exists(), "the payload does not run"
+    marker.unlink()
+    return RunsCode(marker), marker
+
+
+def _one_error_line(capsys, path) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert str(path) in lines[0] and captured.out == ""
+    return lines[0]
+
+
+def _changed(arrays, case):
+    arrays = dict(arrays)
+    if case == "batches_x shape":
+        arrays["batches_x"] = arrays["batches_x"][:, :, :28]
+    elif case == "batches_x dtype":
+        arrays["batches_x"] = (arrays["batches_x"] * 255).astype(np.uint8)
+    elif case == "batches_y shape":
+        arrays["batches_y"] = arrays["batches_y"][:, :8]
+    elif case == "eval_y dtype":
+        arrays["eval_y"] = arrays["eval_y"].astype(np.float32)
+    elif case == "eval_y labels":
+        arrays["eval_y"] = arrays["eval_y"] + 5
+    elif case == "NaN pixels":
+        arrays["eval_x"] = arrays["eval_x"].copy()
+        arrays["eval_x"][0, 0, 0, 0] = np.nan
+    elif case == "hyperparams not a string":
+        arrays["hyperparams_json"] = np.zeros(3)
+    elif case == "settings not an object":
+        arrays["fixture_json"] = np.array("[1, 2]")
+    elif case == "reference value as text":
+        arrays["init/conv_1_1/g"] = np.array(["0.5"] * 128)
+    elif case == "truncated key name":
+        arrays["eval_metric/x"] = np.zeros(())
+    else:
+        raise AssertionError(case)
+    return arrays
+
+
+MALFORMED = {
+    "batches_x shape": r"batches_x has shape \(9, 16, 28, 32, 3\) and dtype float32, expected "
+                       r"\(K \+ 1, B, 32, 32, 3\) float",
+    "batches_x dtype": r"batches_x has shape \(9, 16, 32, 32, 3\) and dtype uint8",
+    "batches_y shape": r"batches_y has shape \(9, 8\) and dtype int32, expected \(9, 16\) integer",
+    "eval_y dtype": r"eval_y has shape \(32,\) and dtype float32, expected \(32,\) integer",
+    "eval_y labels": r"eval_y holds labels 5\.\.14, expected class ids 0\.\.9 or -1",
+    "NaN pixels": r"eval_x holds NaN or infinite pixels",
+    "hyperparams not a string": r"hyperparams_json has shape \(3,\) and dtype float64, expected "
+                                r"a 0-d unicode string",
+    "settings not an object": r"unusable hyperparameters: .*must be JSON objects",
+    "reference value as text": r"init/conv_1_1/g has shape \(128,\) and dtype <U3, expected a "
+                               r"number array",
+    "truncated key name": r"key 'eval_metric/x' is not a key of FORMAT\.md 1\.3",
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_fixture_exits_2_with_one_error_line(tmp_path, capsys, fixture_arrays, case):
+    path = tmp_path / "malformed.npz"
+    np.savez(path, **_changed(fixture_arrays, case))
+    assert conformance.main([str(path)]) == 2
+    assert re.search(MALFORMED[case], _one_error_line(capsys, path))
+
+
+@pytest.mark.parametrize("case", ["text", "truncated", "single npy", "member not npy",
+                                  "directory"])
+def test_an_unreadable_fixture_exits_2_with_one_error_line(tmp_path, capsys, case):
+    path = tmp_path / "broken.npz"
+    if case == "text":
+        path.write_text("not an npz file")
+        expected = r"it is neither an npz archive nor an \.npy file"
+    elif case == "truncated":
+        content = (REFERENCE_DIR / "mt_mse.npz").read_bytes()
+        path.write_bytes(content[: len(content) // 2])
+        expected = r"Cannot read fixture .*: BadZipFile"
+    elif case == "single npy":
+        with open(path, "wb") as file:
+            np.save(file, np.zeros(3))
+        expected = r"it is a single \.npy array, not an npz archive"
+    elif case == "member not npy":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("batches_x", b"raw bytes")
+        expected = r"key 'batches_x' is not a \.npy array"
+    else:
+        path.mkdir()
+        expected = r"Cannot read fixture .*: IsADirectoryError"
+    assert conformance.main([str(path)]) == 2
+    assert re.search(expected, _one_error_line(capsys, path))
+
+
+@pytest.mark.parametrize("where", ["object array", "pickle file"])
+def test_a_pickled_fixture_is_never_unpickled(tmp_path, capsys, fixture_arrays, payload, where):
+    code, marker = payload
+    path = tmp_path / "hostile.npz"
+    if where == "object array":
+        np.savez(path, **{**fixture_arrays, "batches_x": np.array([code], dtype=object)})
+        expected = r"'batches_x' is an object array \(pickled data\), which is never unpickled"
+    else:
+        path.write_bytes(pickle.dumps(code))
+        expected = (r"it is neither an npz archive nor an \.npy file \(numpy would read it as a "
+                    r"pickle\), which is never unpickled")
+    assert conformance.main([str(path)]) == 2
+    assert re.search(rf"Cannot read fixture {re.escape(str(path))}: {expected}",
+                     _one_error_line(capsys, path))
+    assert not marker.exists()
+
+
+def test_the_command_line_refuses_a_hostile_fixture_with_one_error_line(tmp_path,
+                                                                         fixture_arrays,
+                                                                         payload):
+    code, marker = payload
+    path = tmp_path / "hostile.npz"
+    np.savez(path, **{**fixture_arrays, "eval_x": np.array([code], dtype=object)})
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "tensorflow_mean_teacher.conformance", str(path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: Cannot read fixture {path}: 'eval_x' is an object array (pickled "
+                      "data), which is never unpickled (FORMAT.md has no pickles)"]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not marker.exists()

@@ -1,6 +1,9 @@
+import builtins
 import importlib
 import importlib.resources
 import os
+import pickle
+import shlex
 import sys
 
 import pytest
@@ -37,3 +40,35 @@ def offline_tfds(monkeypatch):
         monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download)
 
     return serve
+
+
+class RunsCode:
+    """An object whose unpickling calls `function(argument)`: the payload of a hostile file."""
+
+    def __init__(self, function, argument):
+        self.function, self.argument = function, argument
+
+    def __reduce__(self):
+        return self.function, (self.argument,)
+
+
+@pytest.fixture
+def code_payload(tmp_path):
+    """`make(kind)` -> (an object that creates `marker` when unpickled, marker).
+
+    kind 'system' runs `touch marker` through os.system, 'eval' opens it through builtins.eval.
+    Each payload is checked to be live (unpickling it does create the marker), so a test that
+    finds no marker shows the loader never unpickled it.
+    """
+    def make(kind="system"):
+        marker = tmp_path / f"MARKER_{kind}"
+        if kind == "system":
+            payload = RunsCode(os.system, f"touch {shlex.quote(str(marker))}")
+        else:
+            payload = RunsCode(builtins.eval, f"open({str(marker)!r}, 'w').close()")
+        pickle.loads(pickle.dumps(payload))
+        assert marker.exists(), "the payload does not run"
+        marker.unlink()
+        return payload, marker
+
+    return make

@@ -1,10 +1,12 @@
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
 
 from datasets.cifar10 import load_cifar10, read_cifar10_batches
+from datasets.semi_supervised import load_semi_supervised
 
 ZCA_FIXTURE = os.path.join(os.path.dirname(__file__), "..", "data", "reference", "zca.npz")
 TRAIN_SIZES = (20, 20, 20, 20, 16)  # the fixture's 96 training images over 5 batches
@@ -140,13 +142,31 @@ def test_truncated_batch_is_named(cifar_root):
 
 def test_pickle_that_would_run_code_is_refused(cifar_root):
     root, directory, _, _ = cifar_root
-    (directory / "test_batch").write_bytes(pickle.dumps(os.getcwd, protocol=2))
+    path = directory / "test_batch"
+    path.write_bytes(pickle.dumps(os.getcwd, protocol=2))
     with pytest.raises(
         ValueError,
-        match=r"test_batch is corrupt or truncated \(UnpicklingError"
-        r": refusing to load \w+\.getcwd",
+        match=rf"CIFAR-10 batch file {re.escape(str(path))} is not a CIFAR-10 batch: its pickle "
+        r"refers to \w+\.getcwd, which could run code, so it was refused without loading it",
     ):
         read_cifar10_batches(root)
+
+
+@pytest.mark.parametrize("kind", ["system", "eval"])
+@pytest.mark.parametrize("where", ["whole file", "inside the batch"])
+def test_pickle_payload_is_never_run(cifar_root, code_payload, kind, where):
+    root, directory, _, _ = cifar_root
+    payload, marker = code_payload(kind)
+    if where == "inside the batch":  # a real-looking batch with the payload as its labels
+        payload = {b"data": np.zeros((2, 3072), np.uint8), b"labels": payload}
+    path = directory / "data_batch_3"
+    path.write_bytes(pickle.dumps(payload, protocol=2))
+    function = r"(posix|os)\.system" if kind == "system" else r"(__builtin__|builtins)\.eval"
+    with pytest.raises(ValueError, match=rf"CIFAR-10 batch file {re.escape(str(path))} is not a "
+                                         rf"CIFAR-10 batch: its pickle refers to {function}, "
+                                         "which could run code"):
+        load_cifar10(source="files", data_dir=root)
+    assert not marker.exists()
 
 
 def test_wrong_row_length_is_named(cifar_root):
@@ -161,16 +181,50 @@ def test_wrong_row_length_is_named(cifar_root):
         read_cifar10_batches(root)
 
 
-def test_bad_labels_are_named(cifar_root):
+@pytest.mark.parametrize("bad_label", [10, -1])
+def test_bad_labels_are_named(cifar_root, bad_label):
     root, directory, _, _ = cifar_root
-    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}
+    batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, bad_label]}
     (directory / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    low, high = min(0, bad_label), max(0, bad_label)
     with pytest.raises(
         ValueError,
-        match=r"test_batch is corrupt: expected 2 labels in 0\.\.9, "
-        r"found shape \(2,\) with values 0\.\.10",
+        match=rf"test_batch is corrupt: expected 2 labels in 0\.\.9, "
+        rf"found shape \(2,\) with values {low}\.\.{high}",
     ):
         read_cifar10_batches(root)
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]},
+         r"it has 2 images but 3 labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.5, 1.0]},
+         r"expected a list of integer labels, found shape \(2,\) and dtype float64"),
+        ({b"data": np.zeros((2, 3072), np.uint8)},
+         r"it has no b'labels' entry \(entries found: \[\"b'data'\"\]\)"),
+        ([np.zeros((2, 3072), np.uint8), [0, 1]],
+         r"expected a dict with b'data' and b'labels', found list"),
+    ],
+    ids=["lengths differ", "float labels", "no labels", "not a dict"],
+)
+def test_wrong_batch_content_is_named(cifar_root, batch, message):
+    root, directory, _, _ = cifar_root
+    path = directory / "data_batch_5"
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+    with pytest.raises(ValueError, match=rf"CIFAR-10 batch file {re.escape(str(path))} is "
+                                         rf"corrupt: {message}\. Download it again"):
+        load_cifar10(source="files", data_dir=root)
+
+
+def test_a_bad_batch_is_named_through_load_semi_supervised(cifar_root):
+    root, directory, _, _ = cifar_root
+    path = directory / "test_batch"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"CIFAR-10 batch file {re.escape(str(path))} is "
+                                         "corrupt or truncated"):
+        load_semi_supervised("cifar10", n_labeled=10, data_dir=root)
 
 
 def test_tfds_without_prepared_data_says_what_to_do(tmp_path):

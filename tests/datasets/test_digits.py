@@ -1,5 +1,7 @@
 import hashlib
 import os
+import pickle
+import re
 
 import numpy as np
 import pytest
@@ -117,12 +119,74 @@ def test_corrupt_file_is_named(tmp_path):
         load_digits(path)
 
 
-def test_file_with_wrong_content_is_named(tmp_path):
+def test_truncated_file_is_named(tmp_path):
+    path = tmp_path / "digits.npz"
+    content = open(DIGITS_PATH, "rb").read()
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(ValueError, match=rf"digits file {re.escape(str(path))} is corrupt or "
+                                         r"unreadable \(BadZipFile: .*\)\. Restore"):
+        load_digits(path)
+
+
+def test_object_array_is_refused_without_unpickling(tmp_path, code_payload):
+    payload, marker = code_payload("system")
+    path = tmp_path / "digits.npz"
+    np.savez(path, images=np.array([payload], dtype=object), labels=np.zeros(1, np.uint8))
+    with pytest.raises(ValueError, match=rf"digits file {re.escape(str(path))} is corrupt: "
+                                         r"'images' is an object array \(pickled data\), which "
+                                         r"is never unpickled\. Restore"):
+        load_digits(path)
+    assert not marker.exists()
+
+
+def test_a_pickle_in_place_of_the_npz_is_never_unpickled(tmp_path, code_payload):
+    payload, marker = code_payload("eval")
+    path = tmp_path / "digits.npz"
+    path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(ValueError, match=rf"digits file {re.escape(str(path))} is corrupt: it "
+                                         r"is neither an npz archive nor an \.npy file \(numpy "
+                                         r"would read it as a pickle\), which is never "
+                                         r"unpickled\. Restore"):
+        load_digits(path)
+    assert not marker.exists()
+
+
+def test_a_single_npy_array_is_refused(tmp_path):
+    path = tmp_path / "digits.npz"
+    with open(path, "wb") as file:
+        np.save(file, np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=rf"digits file {re.escape(str(path))} is corrupt or "
+                                         "unreadable: it is a single .npy array"):
+        load_digits(path)
+
+
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"images": np.zeros((3, 8, 8), np.uint8), "labels": np.zeros(2, np.uint8)},
+         r"expected images \(N, 8, 8\) and N labels, found images \(3, 8, 8\) and labels \(2,\)"),
+        ({"images": np.zeros((3, 8, 8), np.uint8), "labels": np.zeros((3, 1), np.uint8)},
+         r"expected images \(N, 8, 8\) and N labels, found images \(3, 8, 8\) and labels "
+         r"\(3, 1\)"),
+        ({"images": np.zeros((3, 8, 8), np.uint8)},
+         r"it has no 'labels' array \(arrays found: \['images'\]\)"),
+        ({"pixels": np.zeros((3, 8, 8), np.uint8)},
+         r"it has no 'images' or 'labels' array \(arrays found: \['pixels'\]\)"),
+        ({"images": np.zeros((3, 8, 8), np.uint8), "labels": np.array([0, 10, 1])},
+         r"expected labels in 0\.\.9, found values 0\.\.10"),
+        ({"images": np.zeros((3, 8, 8), np.uint8), "labels": np.array([0, -1, 1])},
+         r"expected labels in 0\.\.9, found values -1\.\.1"),
+        ({"images": np.zeros((3, 8, 8), np.uint8), "labels": np.array([0.0, 1.0, 2.0])},
+         r"expected integer labels, found dtype float64"),
+        ({"images": np.full((3, 8, 8), 255, np.uint8), "labels": np.zeros(3, np.uint8)},
+         r"expected images in 0\.\.16, found values 255\.\.255"),
+    ],
+    ids=["label count", "label shape", "no labels", "other keys", "label 10", "label -1",
+         "float labels", "pixels > 16"],
+)
+def test_file_with_wrong_content_is_named(tmp_path, arrays, message):
     path = tmp_path / "odd.npz"
-    np.savez(path, images=np.zeros((3, 8, 8), np.uint8), labels=np.zeros(2, np.uint8))
-    with pytest.raises(
-        ValueError,
-        match=r"digits file .*odd\.npz is corrupt: expected images "
-        r"\(N, 8, 8\) and N labels, found images \(3, 8, 8\) and labels \(2,\)",
-    ):
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=rf"digits file {re.escape(str(path))} is corrupt: "
+                                         rf"{message}\. Restore"):
         load_digits(path)

@@ -111,6 +111,15 @@ def bad_folder(root: Path, case: str) -> tuple[Path, type, str]:
         good = (root / "a" / "img0.png").read_bytes()
         (root / "a" / "img0.png").write_bytes(good[: len(good) // 2])
         return root, ValueError, rf"{re.escape(str(root / 'a' / 'img0.png'))} is not a readable"
+    if case == "random bytes":
+        path = root / "a" / "noise.png"
+        path.write_bytes(np.random.RandomState(0).bytes(300))
+        return root, ValueError, rf"{re.escape(str(path))} is not a readable image \(Unknown"
+    if case == "truncated jpeg":
+        path = root / "b" / "photo.jpg"
+        good = tf.io.encode_jpeg(random_pixels(1, (6, 5, 3))).numpy()
+        path.write_bytes(good[: len(good) // 2])
+        return root, ValueError, rf"{re.escape(str(path))} is not a readable image \(.*JPEG"
     if case == "text file":
         (root / "a" / "notes.txt").write_text("not an image")
         path = root / "a" / "notes.txt"
@@ -125,8 +134,8 @@ def bad_folder(root: Path, case: str) -> tuple[Path, type, str]:
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing", "garbage png", "truncated png", "text file",
-                                  "empty class", "loose image"])
+@pytest.mark.parametrize("case", ["missing", "garbage png", "random bytes", "truncated png",
+                                  "truncated jpeg", "text file", "empty class", "loose image"])
 def test_a_bad_folder_is_refused_naming_the_path(tmp_path, case):
     data_dir, error, message = bad_folder(tmp_path, case)
     with pytest.raises(error, match=message):

@@ -1,4 +1,7 @@
 import os
+import pickle
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -192,12 +195,63 @@ def test_no_cache_dir_writes_nothing(tmp_path, small_images, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_corrupt_cache_file_is_named(tmp_path, small_images):
-    cached_gcn_zca(*small_images, tmp_path)
+def _cache_file(tmp_path, images):
+    cached_gcn_zca(*images, tmp_path)
     (path,) = tmp_path.iterdir()
-    path.write_bytes(path.read_bytes()[:50])
-    with pytest.raises(ValueError, match=rf"cached preprocessed file .*{path.name} is unreadable"):
-        cached_gcn_zca(*small_images, tmp_path)
+    return path
+
+
+def _spoil(path, case, payload):
+    train_x = np.zeros((20, 4, 4, 3), np.float32)
+    if case == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif case == "not a zip":
+        path.write_bytes(b"PK\x03\x04 not really a zip")
+    elif case == "object array":
+        np.savez(path, train_x=np.array([payload], dtype=object), test_x=train_x[:6])
+    elif case == "a pickle":
+        path.write_bytes(pickle.dumps(payload))
+    elif case == "missing key":
+        np.savez(path, train_x=train_x)
+    elif case == "wrong shape":
+        np.savez(path, train_x=train_x[:19], test_x=train_x[:6])
+    elif case == "wrong dtype":
+        np.savez(path, train_x=train_x.astype(np.float64), test_x=train_x[:6])
+    else:
+        raise AssertionError(case)
+
+
+SPOILED = {
+    "truncated": r"BadZipFile",
+    "not a zip": r"BadZipFile",
+    "object array": r"'train_x' is an object array \(pickled data\), which is never unpickled",
+    "a pickle": r"it is neither an npz archive nor an \.npy file \(numpy would read it as a "
+                r"pickle\), which is never unpickled",
+    "missing key": r"no 'test_x' array",
+    "wrong shape": r"train_x is \(19, 4, 4, 3\) float32, expected \(20, 4, 4, 3\) float32",
+    "wrong dtype": r"train_x is \(20, 4, 4, 3\) float64, expected \(20, 4, 4, 3\) float32",
+}
+
+
+@pytest.mark.parametrize("case", list(SPOILED))
+def test_an_unusable_cache_file_is_recomputed_with_a_warning(tmp_path, small_images, case,
+                                                             code_payload):
+    """Never unpickled nor used: recomputed, replaced, and named in a warning."""
+    path = _cache_file(tmp_path, small_images)
+    payload, marker = code_payload("system")
+    _spoil(path, case, payload)
+    with pytest.warns(RuntimeWarning, match=rf"cached preprocessed file {re.escape(str(path))} "
+                                            rf"is unusable \({SPOILED[case]}.*\); recomputing"):
+        train_x, test_x = cached_gcn_zca(*small_images, tmp_path)
+    assert not marker.exists()
+    expected = gcn_zca(*small_images)
+    np.testing.assert_array_equal(train_x, expected[0])
+    np.testing.assert_array_equal(test_x, expected[1])
+    # The file was replaced by a good one: read again without a warning.
+    assert [file.name for file in tmp_path.iterdir()] == [path.name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(cached_gcn_zca(*small_images, tmp_path)[1], expected[1])
 
 
 def test_failed_write_leaves_no_file(tmp_path, small_images, monkeypatch):

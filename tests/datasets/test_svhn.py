@@ -1,9 +1,11 @@
 import os
+import re
 
 import numpy as np
 import pytest
 import scipy.io
 
+from datasets.semi_supervised import load_semi_supervised
 from datasets.svhn import load_svhn
 
 
@@ -84,11 +86,14 @@ def test_default_directory_is_the_original_layout(tmp_path, monkeypatch):
         load_svhn(source="files")
 
 
-def test_truncated_file_is_named(svhn_dir):
+@pytest.mark.parametrize("keep", ["half", 3000])
+def test_truncated_file_is_named(svhn_dir, keep):
     directory, _ = svhn_dir
     path = directory / "test_32x32.mat"
-    path.write_bytes(path.read_bytes()[:3000])
-    with pytest.raises(ValueError, match=r"SVHN file .*test_32x32\.mat is corrupt or truncated"):
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2 if keep == "half" else keep])
+    with pytest.raises(ValueError, match=rf"SVHN file {re.escape(str(path))} is corrupt or "
+                                         r"truncated \(.*\)\. Download it again from http"):
         load_svhn(source="files", data_dir=directory)
 
 
@@ -99,41 +104,64 @@ def test_garbage_file_is_named(svhn_dir):
         load_svhn(source="files", data_dir=directory)
 
 
-def test_wrong_array_shape_is_named(svhn_dir):
+@pytest.mark.parametrize(
+    "x, y, message",
+    [
+        (np.zeros((28, 28, 3, 2), np.uint8), np.ones((2, 1), np.uint8),
+         r"expected X of shape \(32, 32, 3, N\) and dtype uint8, found \(28, 28, 3, 2\) uint8"),
+        (np.zeros((32, 32, 3, 2), np.float64), np.ones((2, 1), np.uint8),
+         r"expected X of shape \(32, 32, 3, N\) and dtype uint8, found \(32, 32, 3, 2\) float64"),
+        (np.zeros((32, 32, 3, 2), np.uint8), np.ones((3, 1), np.uint8),
+         r"expected 2 labels in 1\.\.10, found 3 labels in 1\.\.10"),
+        (np.zeros((32, 32, 3, 2), np.uint8), "ab",
+         r"expected numeric labels y, found dtype <U2"),
+    ],
+    ids=["X shape", "X dtype", "label count", "text labels"],
+)
+def test_wrong_arrays_are_named(svhn_dir, x, y, message):
     directory, _ = svhn_dir
-    scipy.io.savemat(
-        directory / "train_32x32.mat",
-        {"X": np.zeros((28, 28, 3, 2), np.uint8), "y": np.ones((2, 1), np.uint8)},
-    )
-    with pytest.raises(
-        ValueError,
-        match=r"train_32x32\.mat is corrupt: expected X of shape "
-        r"\(32, 32, 3, N\) and dtype uint8, found \(28, 28, 3, 2\) uint8",
-    ):
+    path = directory / "train_32x32.mat"
+    scipy.io.savemat(path, {"X": x, "y": y})
+    with pytest.raises(ValueError,
+                       match=rf"SVHN file {re.escape(str(path))} is corrupt: {message}"):
         load_svhn(source="files", data_dir=directory)
 
 
-def test_missing_key_is_named(svhn_dir):
+@pytest.mark.parametrize("missing", ["X", "y"])
+def test_missing_key_is_named(svhn_dir, missing):
     directory, _ = svhn_dir
-    scipy.io.savemat(directory / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8)})
-    with pytest.raises(ValueError, match=r"train_32x32\.mat is corrupt or truncated \(KeyError"):
+    path = directory / "train_32x32.mat"
+    arrays = {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": np.ones((2, 1), np.uint8)}
+    del arrays[missing]
+    scipy.io.savemat(path, arrays)
+    present = "X" if missing == "y" else "y"
+    with pytest.raises(ValueError, match=rf"SVHN file {re.escape(str(path))} is corrupt: it has "
+                                         rf"no '{missing}' array \(arrays found: "
+                                         rf"\['{present}'\]\)"):
         load_svhn(source="files", data_dir=directory)
 
 
-@pytest.mark.parametrize("bad_label", [0, 11])
+@pytest.mark.parametrize("bad_label", [0, 11, 2.5, np.nan])
 def test_labels_out_of_range_are_named(svhn_dir, bad_label):
     directory, _ = svhn_dir
-    y = np.ones((2, 1), np.uint8)
+    y = np.ones((2, 1), np.uint8 if float(bad_label).is_integer() else np.float64)
     y[1, 0] = bad_label
-    scipy.io.savemat(
-        directory / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": y}
-    )
+    path = directory / "test_32x32.mat"
+    scipy.io.savemat(path, {"X": np.zeros((32, 32, 3, 2), np.uint8), "y": y})
     with pytest.raises(
         ValueError,
-        match=r"test_32x32\.mat is corrupt: expected 2 labels in "
-        r"1\.\.10, found 2 labels in",
+        match=rf"SVHN file {re.escape(str(path))} is corrupt: expected 2 labels in "
+        rf"1\.\.10, found 2 labels, 1 of them outside 1\.\.10 \(first: {re.escape(str(y[1, 0]))}\)",
     ):
         load_svhn(source="files", data_dir=directory)
+
+
+def test_a_bad_file_is_named_through_load_semi_supervised(svhn_dir):
+    directory, _ = svhn_dir
+    path = directory / "train_32x32.mat"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"SVHN file {re.escape(str(path))} is corrupt"):
+        load_semi_supervised("svhn", n_labeled=2, data_dir=directory)
 
 
 def test_tfds_without_prepared_data_says_what_to_do(tmp_path):
