@@ -8,14 +8,20 @@ are its evaluation spans (`EvaluationSpans`).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import keras
 import tensorflow as tf
+
+from tensorflow_mean_teacher import checkpoints
+from tensorflow_mean_teacher.faults import kill_point
 
 # What the console line shows first, as the original printed.
 _CONSOLE_ORDER = ("eval/error/ema", "eval/error/1", "train/error/1", "train/class_cost/1",
@@ -51,10 +57,14 @@ class MetricsLog:
         self._columns: list[str] | None = None
 
     def truncate_after(self, step: int) -> None:
+        """Keeps the rows of steps <= `step` (-1: none), and drops a row torn by a kill."""
         if not self.csv_path.exists():
             return
-        with self.csv_path.open(newline="") as f:
-            rows = [row for row in csv.DictReader(f) if int(row["step"]) <= step]
+        text = self.csv_path.read_text()
+        if not text.endswith("\n"):  # a process killed while writing its last row
+            text = text[:text.rfind("\n") + 1]
+        rows = [row for row in csv.DictReader(io.StringIO(text, newline=""))
+                if _complete(row) and int(row["step"]) <= step]
         self._rewrite(rows)
 
     def _rewrite(self, rows: list[dict]) -> None:
@@ -72,13 +82,21 @@ class MetricsLog:
         row = {"step": step, **{k: float(v) for k, v in values.items()}}
         if self._columns is None:
             self._columns = self._header() or list(row)
-        write_header = not self._header()
-        with self.csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._columns, restval="",
-                                    extrasaction="ignore")
-            if write_header:
-                writer.writeheader()
-            writer.writerow(row)
+        lines = io.StringIO(newline="")
+        writer = csv.DictWriter(lines, fieldnames=self._columns, restval="",
+                                extrasaction="ignore")
+        if not self._header():
+            writer.writeheader()
+        writer.writerow(row)
+        text = lines.getvalue()
+        try:
+            with self.csv_path.open("a", newline="") as f:
+                f.write(text[:len(text) // 2])
+                f.flush()
+                kill_point("log_row_started")
+                f.write(text[len(text) // 2:])
+        except OSError as error:
+            raise checkpoints.write_failure("the log", self.csv_path, error) from error
         self._write_scalars(step, values)
 
     def _header(self) -> list[str]:
@@ -92,6 +110,16 @@ class MetricsLog:
             for name, value in values.items():
                 tf.summary.scalar(name, float(value))
         self.writer.flush()
+
+
+def _complete(row: Mapping[str, str | None]) -> bool:
+    if None in row or any(value is None for value in row.values()):
+        return False  # too many or too few fields
+    try:
+        int(row["step"])
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 class TrainingLogger(keras.callbacks.Callback):
@@ -150,16 +178,112 @@ def record_validation(log: MetricsLog, step: int, values: Mapping[str, float], c
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Saves the complete training state at the end of every epoch (every evaluation_span)."""
+    """Saves the complete training state at the end of every epoch (every evaluation_span),
+    each checkpoint with its manifest (`checkpoints.save`); `record` is the run's config."""
 
-    def __init__(self, manager: tf.train.CheckpointManager, console=print):
+    def __init__(self, manager: tf.train.CheckpointManager, console=print,
+                 record: Mapping | None = None, keep: int = 3):
         super().__init__()
         self.manager = manager
         self.console = console
+        self.record = dict(record or {})
+        self.keep = keep
+        self.last_saved: str | None = None
+
+    def save(self, step: int | None = None) -> str:
+        """Saves the state of `step` (default: the model's step)."""
+        step = global_step(self.model) if step is None else step
+        self.last_saved = checkpoints.save(self.manager, step, self.record, keep=self.keep)
+        self.console(f"saved checkpoint {self.last_saved}")
+        return self.last_saved
 
     def on_epoch_end(self, epoch, logs=None):
-        path = self.manager.save(checkpoint_number=global_step(self.model))
-        self.console(f"saved checkpoint {path}")
+        self.save()
+
+
+# Exit code of a runner whose run was stopped by SIGTERM or SIGINT, its state checkpointed
+# (sysexits' EX_TEMPFAIL: try again later). Re-running the same command resumes it.
+INTERRUPTED_EXIT_CODE = 75
+
+
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the run; its state at `step` is in `checkpoint`."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str):
+        super().__init__(
+            f"{signal_name} received: stopped at step {step}, saved as {checkpoint}. Re-run the "
+            "same command to resume from it."
+        )
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+
+
+class CheckpointOnSignal(keras.callbacks.Callback):
+    """SIGTERM (preemption) or SIGINT (Ctrl-C): checkpoint the step reached, then stop.
+
+    Used as a context manager around training, it installs the handlers (in the main thread
+    only: Python runs handlers there) and restores the previous ones at the end. The handler
+    only notes the signal and puts the previous handlers back, so that a second signal acts at
+    once (a second Ctrl-C is a KeyboardInterrupt). At the next batch end (or epoch end, after
+    the Checkpointer's save) the state of the step reached is checkpointed and `RunInterrupted`
+    raised: no evaluation at that step, so the logs read as those of an uninterrupted run. The
+    last batch of an epoch is left to the epoch's end, after its evaluation and checkpoint.
+    A signal outside `fit` is acted on by `train` (`raise_if_received`).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, checkpointer: Checkpointer, console: Callable[[str], None] = print, *,
+                 evaluation_span: int = 1, training_length: int = 1):
+        super().__init__()
+        self.checkpointer = checkpointer
+        self.console = console
+        self.evaluation_span = evaluation_span
+        self.training_length = training_length
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._note)
+        return self
+
+    def __exit__(self, *exc_info):
+        self._restore_handlers()
+        return False
+
+    def _restore_handlers(self) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
+
+    def _note(self, number, frame) -> None:
+        self.received = number
+        self._restore_handlers()
+
+    def _stop(self, step: int, saved: str | None = None) -> None:
+        name = signal.Signals(self.received).name
+        if saved is None:
+            self.console(f"{name} received at step {step}: saving a checkpoint")
+            saved = self.checkpointer.save()
+        raise RunInterrupted(name, step, saved)
+
+    def raise_if_received(self, step: int, saved: str) -> None:
+        """Outside `fit`: `RunInterrupted` if a signal came, `saved` holding step `step`."""
+        if self.received is not None:
+            self._stop(step, saved)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = global_step(self.model)
+        ends_epoch = step % self.evaluation_span == 0 or step >= self.training_length
+        if self.received is not None and not ends_epoch:
+            self._stop(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.received is not None:  # the Checkpointer (before) has saved this step
+            self._stop(global_step(self.model), self.checkpointer.manager.latest_checkpoint)
 
 
 class TrainStreamEnded(RuntimeError):
@@ -215,6 +339,27 @@ class EvaluationSpans(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class ContinueRunningMeans(keras.callbacks.Callback):
+    """Keras resets the metrics as each epoch begins. A run resumed within an epoch (from a
+    checkpoint written on a signal) continues the running means of the training metrics that
+    the checkpoint holds instead, so that its next log row is the uninterrupted run's."""
+
+    def __init__(self):
+        super().__init__()
+        self._values: list | None = None
+
+    def keep(self, model: keras.Model) -> None:
+        """Keeps `model`'s running means now, to be put back as the next epoch begins."""
+        self._values = [v.numpy() for t in model.train_metrics for v in t.variables]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._values is not None:
+            variables = [v for t in self.model.train_metrics for v in t.variables]
+            for variable, value in zip(variables, self._values, strict=True):
+                variable.assign(value)
+            self._values = None
+
+
 class RunCheckpointDecides(keras.callbacks.Callback):
     """After the caller's callbacks: the run's checkpoint decides the state training starts from.
 
@@ -226,10 +371,10 @@ class RunCheckpointDecides(keras.callbacks.Callback):
     stream was taken from, is restored again, and `fit` starts from its epoch.
     """
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, console=print, *,
+    def __init__(self, restore: Callable[[str], None], console=print, *,
                  always_restore: bool = False):
         super().__init__()
-        self.checkpoint = checkpoint
+        self.restore = restore  # path -> None: restores the run's checkpoint
         self.console = console
         # With a BackupAndRestore: a backup of another run may hold the same step, so the
         # checkpoint is restored whatever the step (once per `fit`).
@@ -249,7 +394,7 @@ class RunCheckpointDecides(keras.callbacks.Callback):
                          f"the run's checkpoint {self.path} at step {self.step} is restored "
                          "instead")
         if step != self.step or self.always_restore:
-            self.checkpoint.restore(self.path).assert_consumed()
+            self.restore(self.path)
         # BackupAndRestore tells `fit` its first epoch through this attribute (fit reads it
         # after on_train_begin); it must be the checkpoint's.
         self.model._initial_epoch = self.initial_epoch
@@ -273,7 +418,7 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         for name, value in (logs or {}).items():
             if not math.isfinite(float(value)):
-                latest = tf.train.latest_checkpoint(self.checkpoint_dir) \
+                latest = checkpoints.latest_complete(self.checkpoint_dir, lambda _: None)[0] \
                     if self.checkpoint_dir else None
                 raise TrainingDiverged(
                     f"Training diverged at step {global_step(self.model)}: {name} = "

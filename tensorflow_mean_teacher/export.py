@@ -20,6 +20,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from tensorflow_mean_teacher.checkpoints import write_failure
+from tensorflow_mean_teacher.faults import kill_point
 from tensorflow_mean_teacher.networks import declared_image_shape
 
 SIGNATURE_NAME = "serving_default"
@@ -39,6 +41,10 @@ def export_network(network: keras.Model | Callable, path: str | os.PathLike, *,
     another leaves a mixture of both.
     """
     path = Path(path)
+    previous = path.with_name(path.name + ".previous")
+    if previous.exists() and not path.exists():
+        # An export killed between its two renames: put the previous export back first.
+        previous.rename(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         if not overwrite:
             raise FileExistsError(
@@ -70,17 +76,38 @@ def export_network(network: keras.Model | Callable, path: str | os.PathLike, *,
         name=SIGNATURE_NAME, fn=serve,
         input_signature=[tf.TensorSpec((None, *image_shape), tf.float32, name=INPUT_NAME)],
     )
-    # Write next to the target and move it in place, so an interrupted export leaves no
-    # half-written SavedModel behind.
+    # Write next to the target and move it in place, so that an interrupted or failed export
+    # (a kill, a full disk) leaves no half-written SavedModel behind and the previous one whole.
     staging = path.with_name(path.name + ".partial")
-    if staging.exists():
-        _remove_tree(staging)
-    archive.write_out(str(staging), verbose=False)
+    try:
+        if staging.exists():
+            _remove_tree(staging)
+        archive.write_out(str(staging), verbose=False)
+    except (OSError, tf.errors.OpError) as error:
+        _remove_quietly(staging)
+        raise write_failure(
+            "the export", path, error,
+            f"The previous export {str(path)!r} is intact." if path.exists() else None,
+        ) from error
+    kill_point("export_staged")
     if path.exists():
-        _remove_tree(path)
+        if previous.exists():
+            _remove_tree(previous)
+        path.rename(previous)
+        kill_point("export_swapped")
     staging.rename(path)
+    if previous.exists():
+        _remove_tree(previous)
     return path
 
 
 def _remove_tree(path: Path) -> None:
     tf.io.gfile.rmtree(str(path)) if path.is_dir() else path.unlink()
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        if path.exists():
+            _remove_tree(path)
+    except (OSError, tf.errors.OpError):
+        pass

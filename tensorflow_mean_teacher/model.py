@@ -345,12 +345,14 @@ class MeanTeacher(keras.Model):
                     self._start_teacher_as_copy()
         self.is_initialized.assign(True)
 
-    def training_checkpoint(self) -> tf.train.Checkpoint:
+    def training_checkpoint(self, *, train_metrics: bool = True) -> tf.train.Checkpoint:
         """The complete training state, for `tf.train.Checkpoint`/`CheckpointManager`.
 
         Student, teacher and Pi-branch weights and eval means (or every weight of a custom
         student and its teacher), every random generator, the optimizer (slots, running beta
-        products, the step) and the initialisation flag.
+        products, the step), the initialisation flag and, with `train_metrics`, the running
+        means of the training metrics (so that a run stopped between two log rows logs the
+        same next row once resumed; checkpoints written before they were saved lack them).
         """
         if self.uses_convlarge:
             towers = {"student": self.student, "teacher": self.teacher,
@@ -366,6 +368,9 @@ class MeanTeacher(keras.Model):
                                     ("pi_input_stage", self.pi_input_stage))
                 if layer is not None
             }
+        if train_metrics:
+            parts["train_metrics"] = tf.train.Checkpoint(
+                variables=[v for tracker in self.train_metrics for v in tracker.variables])
         return tf.train.Checkpoint(**parts, optimizer=self.optimizer,
                                    is_initialized=self.is_initialized)
 

@@ -22,10 +22,12 @@ directory, and every worker resumes from the chief's checkpoints (see `distribut
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,12 +37,13 @@ import keras
 import tensorflow as tf
 
 from tensorflow_mean_teacher import callbacks as cb
-from tensorflow_mean_teacher import distribution
+from tensorflow_mean_teacher import checkpoints, distribution, run_lock
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.model import MeanTeacher
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
+EXPORT_RECORD = "export.json"  # where the run exports: a re-run may overwrite it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +105,7 @@ def holds_run(results_dir: Path, config: RunConfig | Mapping) -> bool:
     config_path = results_dir / CONFIG_FILE
     if not config_path.exists():
         return False
-    changed = differences(json.loads(config_path.read_text()), _as_dict(config))
+    changed = differences(read_config(config_path), _as_dict(config))
     if changed:
         raise ResultsDirectoryError(
             f"{results_dir} holds a run with another configuration; refusing to resume it. "
@@ -110,6 +113,28 @@ def holds_run(results_dir: Path, config: RunConfig | Mapping) -> bool:
             + ". Use another --results_dir, or the original settings."
         )
     return True
+
+
+def read_config(path: Path) -> dict:
+    """The run record in config.json; refuses a file that is not a JSON object."""
+    try:
+        text = path.read_text()
+        saved = json.loads(text)
+    except UnicodeDecodeError as error:
+        raise ResultsDirectoryError(f"{path} is not text ({error}): restore it from the "
+                                    "run's checkpoint manifest, or use another --results_dir."
+                                    ) from None
+    except json.JSONDecodeError as error:
+        line = text.splitlines()[error.lineno - 1] if text.splitlines() else ""
+        raise ResultsDirectoryError(
+            f"{path} is not valid JSON: {error.msg} at line {error.lineno}, column "
+            f"{error.colno}: {line.strip()[:80]!r}. It was edited or damaged: restore it, or "
+            "use another --results_dir."
+        ) from None
+    if not isinstance(saved, dict):
+        raise ResultsDirectoryError(f"{path} holds a {type(saved).__name__}, not a run's "
+                                    "configuration (a JSON object).")
+    return saved
 
 
 def prepare_results_dir(results_dir: Path, config: RunConfig | Mapping, *,
@@ -122,7 +147,10 @@ def prepare_results_dir(results_dir: Path, config: RunConfig | Mapping, *,
     """
     if holds_run(results_dir, config):
         return True
-    if results_dir.exists() and any(results_dir.iterdir()):
+    # The lock, and a config.json.tmp left by a kill before the config was in place, are not
+    # another project's files.
+    if results_dir.exists() and any(p.name != run_lock.LOCK_FILE and p.suffix != ".tmp"
+                                    for p in results_dir.iterdir()):
         raise ResultsDirectoryError(
             f"{results_dir} is not empty and has no {CONFIG_FILE}: it is not a results "
             "directory of this project. Choose a new or empty directory."
@@ -153,8 +181,12 @@ def run_record(config: RunConfig, student: keras.Model | None = None) -> dict:
 
 def _write_atomically(path: Path, text: str) -> None:
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise checkpoints.write_failure("the file", path, error) from error
 
 
 def enable_determinism(seed: int) -> None:
@@ -263,6 +295,9 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
     strategy = strategy or tf.distribute.get_strategy()
     distribution.check_global_batch(config.batch_size, strategy)
     callbacks = check_callbacks(callbacks)
+    if not isinstance(max_checkpoints, int) or max_checkpoints < 1:
+        raise ValueError(f"max_checkpoints must be an integer >= 1. Received: "
+                         f"max_checkpoints={max_checkpoints!r}")
     if student is not None and not isinstance(student, keras.Model):
         raise TypeError(f"student must be a keras.Model. Received: student={student!r}")
     results_dir = Path(results_dir)
@@ -276,31 +311,48 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
         )
     record = run_record(config, student)
     chief = distribution.is_chief(strategy)
-    # The other workers only read the chief's directory (it must be readable by them all).
-    resuming = prepare_results_dir(results_dir, record, write=False) if chief else \
-        holds_run(results_dir, record)
-    # Every worker takes every step (the steps' reductions need them all), but only the chief
-    # writes into results_dir; the others write the same files into a temporary directory.
-    with distribution.write_directory(results_dir, strategy) as write_dir:
-        own_export = write_dir / "teacher"
-        export_path = Path(export_dir) if chief and export_dir is not None else own_export
-        if export_path.exists() and export_path == own_export:
-            overwrite_export = True  # this run's own export, from an earlier pass of the command
-        if not overwrite_export and export_path.exists() and (
-                not export_path.is_dir() or any(export_path.iterdir())):
-            # The export would refuse it at the end: refuse it before training instead.
-            raise FileExistsError(
-                f"Export path {str(export_path)!r} exists and is not empty. Choose a new path, "
-                "or pass overwrite_export=True (--overwrite_export on the runners) to replace it."
-            )
-        results = _run(config, record, training_stream, evaluation_data, results_dir,
-                       write_dir, resuming, export_path, overwrite_export, max_checkpoints,
-                       console, strategy, callbacks, student)
-    results["seconds"] = time.perf_counter() - started
-    if chief:
-        _write_atomically(results_dir / RESULTS_FILE,
-                          json.dumps(results, indent=2, sort_keys=True))
-    return results
+    # One process per run: the chief holds the directory's lock until train returns.
+    with run_lock.hold(results_dir) if chief else contextlib.nullcontext():
+        # The other workers only read the chief's directory (it must be readable by them all).
+        resuming = prepare_results_dir(results_dir, record, write=False) if chief else \
+            holds_run(results_dir, record)
+        # Every worker takes every step (the steps' reductions need them all), but only the chief
+        # writes into results_dir; the others write the same files into a temporary directory.
+        with distribution.write_directory(results_dir, strategy) as write_dir:
+            own_export = write_dir / "teacher"
+            export_path = Path(export_dir) if chief and export_dir is not None else own_export
+            overwrite_export = _check_export_path(export_path, own_export, overwrite_export,
+                                                  results_dir)
+            results = _run(config, record, training_stream, evaluation_data, results_dir,
+                           write_dir, resuming, export_path, overwrite_export, max_checkpoints,
+                           console, strategy, callbacks, student)
+        results["seconds"] = time.perf_counter() - started
+        if chief:
+            _write_atomically(results_dir / RESULTS_FILE,
+                              json.dumps(results, indent=2, sort_keys=True))
+        return results
+
+
+def _check_export_path(export_path: Path, own_export: Path, overwrite: bool,
+                       results_dir: Path) -> bool:
+    """Whether the export overwrites `export_path`; refuses a non-empty one before training
+    (the export would refuse it at the end)."""
+    if export_path.exists() and export_path == own_export:
+        return True  # this run's own export, from an earlier pass of the command
+    record = results_dir / EXPORT_RECORD
+    if record.exists():
+        try:
+            if Path(json.loads(record.read_text())["path"]) == export_path:
+                return True  # written (or begun) by an earlier pass of this run
+        except (ValueError, KeyError, TypeError):
+            pass
+    if not overwrite and export_path.exists() and (
+            not export_path.is_dir() or any(export_path.iterdir())):
+        raise FileExistsError(
+            f"Export path {str(export_path)!r} exists and is not empty. Choose a new path, "
+            "or pass overwrite_export=True (--overwrite_export on the runners) to replace it."
+        )
+    return overwrite
 
 
 def _run(config: RunConfig, record: dict, training_stream: Callable[[int], tf.data.Dataset],
@@ -333,34 +385,60 @@ def _run(config: RunConfig, record: dict, training_stream: Callable[[int], tf.da
                                    write_dir / "tensorboard" / "validation")
     checkpoint = model.training_checkpoint()
     # Every worker saves (saving is collective), each into its own write_dir; every worker
-    # restores the chief's latest checkpoint.
-    manager = tf.train.CheckpointManager(checkpoint, str(write_dir / "checkpoints"),
-                                         max_to_keep=max_checkpoints)
-    latest = tf.train.latest_checkpoint(str(results_dir / "checkpoints")) if resuming else None
+    # restores the chief's latest intact checkpoint.
+    manager = checkpoints.manager(checkpoint, write_dir / "checkpoints")
+    checkpointer = cb.Checkpointer(manager, console, record, keep=max_checkpoints)
+    # A signal (SIGTERM, SIGINT) from here on checkpoints the step and ends the run with
+    # RunInterrupted. With several workers a signal reaches one of them, and saving is
+    # collective: there, preemption is left to the cluster's own handling.
+    on_signal = cb.CheckpointOnSignal(checkpointer, console, evaluation_span=span,
+                                      training_length=length)
+    with on_signal if distribution.num_workers(strategy) == 1 else contextlib.nullcontext():
+        return _train_and_export(
+            config, record, model, training_stream, evaluation_data, results_dir, resuming,
+            export_path, console, strategy, user_callbacks, training_log, validation_log,
+            checkpointer, on_signal, overwrite_export)
+
+
+def _train_and_export(config, record, model, training_stream, evaluation_data, results_dir,
+                      resuming, export_path, console, strategy, user_callbacks, training_log,
+                      validation_log, checkpointer, on_signal, overwrite_export) -> dict:
+    """`_run` once the model, the logs and the checkpointer exist."""
+    hp = config.hyperparams
+    span, length = hp.evaluation_span, hp.training_length
+    latest, manifest = checkpoints.latest_complete(results_dir / "checkpoints", console) \
+        if resuming else (None, None)
     step = 0
     if latest:
-        checkpoint.restore(latest).assert_consumed()
+        if manifest is not None:
+            _check_config_unchanged(results_dir, manifest, latest)
+        _restore(model, latest)
         step = cb.global_step(model)
         console(f"resumed from {latest} at step {step}")
     elif resuming:
         console(f"{results_dir} has no checkpoint yet: starting its run from step 0")
     distribution.check_workers_agree(strategy, step)
-    training_log.truncate_after(step)
-    validation_log.truncate_after(step)
+    # A run started over from step 0 keeps no row (its step-0 evaluation is made again).
+    training_log.truncate_after(step if latest else -1)
+    validation_log.truncate_after(step if latest else -1)
 
-    if step == 0:
+    if not latest:  # a run from step 0 (a restored checkpoint of step 0 has its evaluation)
         cb.record_validation(validation_log, 0, _evaluate(model, evaluation_data), console)
-        latest = manager.save(checkpoint_number=0)
+        latest = checkpointer.save(step=0)
     validation_logger = cb.ValidationLogger(validation_log, console)
     spans = cb.EvaluationSpans(span, length)
-    start_point = cb.RunCheckpointDecides(checkpoint, console, always_restore=any(
-        isinstance(c, keras.callbacks.BackupAndRestore) for c in user_callbacks))
+    backup = any(isinstance(c, keras.callbacks.BackupAndRestore) for c in user_callbacks)
+    start_point = cb.RunCheckpointDecides(lambda path: _restore(model, path), console,
+                                          always_restore=backup)
+    running_means = cb.ContinueRunningMeans()
     callbacks = [
         spans,  # first: its on_epoch_end decides whether this epoch ends the run
+        running_means,
         cb.DivergenceGuard(str(results_dir / "checkpoints")),
         cb.TrainingLogger(training_log, hp.print_span, length, console),
         validation_logger,
-        cb.Checkpointer(manager, console),
+        checkpointer,
+        on_signal,
         *user_callbacks,
         start_point,  # last: after a BackupAndRestore's on_train_begin
     ]
@@ -377,11 +455,15 @@ def _run(config: RunConfig, record: dict, training_stream: Callable[[int], tf.da
     epochs = math.ceil(length / span)
     if step < length and step % span:
         # Resumed within an epoch: finish that epoch (to the next evaluation) on its own.
+        running_means.keep(model)
         fit(min(span - step % span, length - step), step // span + 1)
-        step, latest = cb.global_step(model), manager.latest_checkpoint
+        step, latest = cb.global_step(model), checkpointer.last_saved
     if step < length and spans.ran_dry_at is None and not model.stop_training:
         fit(span, epochs)
-        step = cb.global_step(model)
+        step, latest = cb.global_step(model), checkpointer.last_saved
+    # A signal that came outside a batch (the restore, an evaluation, the last epoch's end):
+    # the step reached is checkpointed (`latest`).
+    on_signal.raise_if_received(step, latest)
     if spans.ran_dry_at is not None:
         raise cb.TrainStreamEnded(cb.stream_ended_message(step, length))
     if step < length:
@@ -394,8 +476,13 @@ def _run(config: RunConfig, record: dict, training_stream: Callable[[int], tf.da
         final = last[1]
     else:  # a finished run re-invoked, or callbacks that may have changed the weights at the end
         final = _evaluate(model, evaluation_data)
+    if distribution.is_chief(strategy):  # the export at this path is this run's from now on
+        _write_atomically(results_dir / EXPORT_RECORD, json.dumps({"path": str(export_path)}))
     model.export_teacher(export_path, overwrite=overwrite_export)
     console(f"exported the teacher to {export_path}")
+    if on_signal.received is not None:
+        console(f"{signal.Signals(on_signal.received).name} received during the final "
+                "evaluation or the export: the run had finished")
     return {
         "step": step,
         **final,
@@ -405,6 +492,26 @@ def _run(config: RunConfig, record: dict, training_stream: Callable[[int], tf.da
         "workers": distribution.num_workers(strategy),
         "export_dir": str(export_path),
     }
+
+
+def _check_config_unchanged(results_dir: Path, manifest: Mapping, latest: str) -> None:
+    """Refuses a config.json changed since the checkpoint was written (edited by hand)."""
+    saved = read_config(results_dir / CONFIG_FILE)
+    changed = differences(manifest.get("config", {}), saved)
+    if changed:
+        raise ResultsDirectoryError(
+            f"{results_dir / CONFIG_FILE} was changed after {latest} was written, which "
+            "recorded (checkpoint -> config.json): " + "; ".join(changed)
+            + ". Put the recorded values back, or start a new run in another --results_dir."
+        )
+
+
+def _restore(model: MeanTeacher, path: str) -> None:
+    """Restores every state of checkpoint `path` (one written before the training metrics were
+    saved restores the rest)."""
+    saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+    model.training_checkpoint(train_metrics="train_metrics" in saved).restore(
+        path).assert_consumed()
 
 
 def _evaluate(model: MeanTeacher, evaluation_data: tf.data.Dataset) -> dict[str, float]:

@@ -1,6 +1,8 @@
-"""Shared test fixtures: paths of the TF1 reference files copied into tests/data/reference."""
+"""Shared test fixtures: paths of the TF1 reference files copied into tests/data/reference,
+and a file size limit that makes writes fail as on a full disk."""
 
 import os
+import resource
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,3 +22,23 @@ def reference_dir() -> Path:
 def load_reference(name: str) -> dict:
     with np.load(REFERENCE_DIR / name) as data:
         return {key: data[key] for key in data.files}
+
+
+@pytest.fixture
+def file_size_limit():
+    """Sets RLIMIT_FSIZE (a file may not grow past it: EFBIG, as on a full disk) for a block."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    class Limit:
+        def __enter__(self):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.size, hard))
+
+        def __exit__(self, *exc_info):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+        def __call__(self, size):
+            self.size = size
+            return self
+
+    yield Limit()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tensorflow_mean_teacher import callbacks as cb
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.training import ResultsDirectoryError, RunConfig, train
 
@@ -292,3 +293,15 @@ def test_a_custom_student_is_recorded_by_class_and_another_one_refused(tmp_path)
     with pytest.raises(ResultsDirectoryError, match="student: 'Sequential' -> '<absent>'"):
         train(config(training_length=2, evaluation_span=2), stream, evaluation, tmp_path,
               **QUIET)
+
+
+def test_a_log_row_torn_by_a_kill_is_dropped_on_resume(tmp_path):
+    log = cb.MetricsLog(tmp_path / "log.csv", tmp_path / "tensorboard")
+    for step in (2, 4, 6):
+        log.record(step, {"a/b": step / 10})
+    text = (tmp_path / "log.csv").read_text()
+    (tmp_path / "log.csv").write_text(text + "8,0.")  # killed within the row of step 8
+    log.truncate_after(8)
+    assert (tmp_path / "log.csv").read_text() == text
+    log.truncate_after(-1)  # a run started over keeps no row
+    assert (tmp_path / "log.csv").read_text() == ""

@@ -128,7 +128,8 @@ results = train(config, lambda skip: stream.skip(skip), evaluation, os.path.join
 np.savez(os.path.join(out, f"worker{index}.npz"), *weights, *init_g, *shares)
 summary = {"replicas": replicas, "logs": logs, "refused": refused, "results": results,
            "pipeline_shares_match": pipeline_shares_match(strategy, 4 * index),
-           "chief": distribution.is_chief(strategy), "weights": len(weights)}
+           "chief": distribution.is_chief(strategy), "weights": len(weights),
+           "pid": os.getpid()}
 if index == 0:
     single = run(tf.distribute.get_strategy())
     np.savez(os.path.join(out, "single.npz"), *single[2], *single[0])
@@ -261,12 +262,15 @@ def test_only_the_chief_writes_the_run(two_workers):
     other, _ = load_worker(two_workers, "worker1")
     assert chief["chief"] and not other["chief"]
     run = two_workers / "run"
+    # The lock is the chief's alone (the other workers never take it).
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoints", "config.json", "results.json", "teacher", "tensorboard",
+        ".lock", "checkpoints", "config.json", "results.json", "teacher", "tensorboard",
         "training_log.csv", "validation_log.csv"]
+    assert f"pid {chief['pid']} " in (run / ".lock").read_text()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "checkpoint", "ckpt-0.data-00000-of-00001", "ckpt-0.index",
-        "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+        "MANIFESTS", "checkpoint", "ckpt-0.data-00000-of-00001", "ckpt-0.index",
+        "ckpt-0.manifest.json", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
+        "ckpt-2.manifest.json"]
     saved = json.loads((run / "results.json").read_text())
     assert saved["step"] == 2 and saved["replicas"] == 2 and saved["workers"] == 2
     assert saved["export_dir"] == str(run / "teacher")

@@ -83,3 +83,31 @@ def test_student_export(trained, tmp_path):
     logits = loaded.signatures["serving_default"](images=tf.constant(x[:3]))["logits"].numpy()
     np.testing.assert_allclose(logits, model.student(x[:3], training=False)[0].numpy(),
                                atol=1e-5)
+
+
+def test_a_full_disk_during_an_export_keeps_the_previous_export(trained, tmp_path,
+                                                                file_size_limit):
+    model, x = trained
+    path = tmp_path / "teacher"
+    model.export_teacher(path)
+    before = {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    with file_size_limit(20_000), pytest.raises(
+            OSError, match=r"Could not write the export .*teacher.*File too large\. The "
+                           r"previous export .*teacher' is intact\."):
+        model.export_teacher(path, overwrite=True)
+    after = {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]  # no staging left
+
+
+def test_an_export_killed_between_its_renames_gets_the_previous_one_back(trained, tmp_path):
+    model, x = trained
+    path = tmp_path / "teacher"
+    model.export_teacher(path)
+    path.rename(tmp_path / "teacher.previous")  # killed: old moved aside, new not in place
+    with pytest.raises(FileExistsError):  # the previous export is back, and not overwritten
+        model.export_teacher(path)
+    assert (path / "saved_model.pb").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
+    model.export_teacher(path, overwrite=True)  # the run's own re-export
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]

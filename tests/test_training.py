@@ -1,14 +1,20 @@
 import csv
 import dataclasses
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tensorflow_mean_teacher.callbacks import TrainingDiverged
+from tensorflow_mean_teacher.callbacks import RunInterrupted, TrainingDiverged
 from tensorflow_mean_teacher.hyperparams import HyperParams
+from tensorflow_mean_teacher.run_lock import RunInUseError
 from tensorflow_mean_teacher.training import (
     ResultsDirectoryError,
     RunConfig,
@@ -121,7 +127,7 @@ def test_a_run_with_other_settings_is_refused(tmp_path):
                        match=r"Differences \(saved -> requested\): "
                              r"hyperparams.max_consistency_cost: 100.0 -> 5.0"):
         train(config(max_consistency_cost=5.0), stream, evaluation, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.json"]
 
 
 def test_config_json_of_a_convlarge_run_is_its_config_as_before():
@@ -236,8 +242,9 @@ def test_a_custom_student_run_resumes_exactly(tmp_path):
     assert state.keys() == reference.keys()
     # 8 weights and a dropout generator per network (the student's 6 trainable weights stored
     # once, as the optimizer's), 2 input-stage generators; the optimizer's step, 2 x 6 slots
-    # and 2 beta products; the init flag.
-    assert len(reference) == 2 * 9 + 2 + (1 + 12 + 2) + 1
+    # and 2 beta products; the init flag; the running total and count of each of the 14
+    # training metrics.
+    assert len(reference) == 2 * 9 + 2 + (1 + 12 + 2) + 1 + 2 * 14
     for name, value in reference.items():
         np.testing.assert_array_equal(state[name], value, err_msg=name)
     assert read_csv(tmp_path / "run" / "validation_log.csv") == \
@@ -256,3 +263,158 @@ def test_a_run_that_fails_in_its_set_up_leaves_the_directory_to_the_corrected_co
     results = train(config(training_length=2, evaluation_span=2), stream, evaluation,
                     tmp_path / "run", student=custom_student(), console=lambda _: None)
     assert results["step"] == 2
+
+
+def checkpoint_state(directory):
+    reader = tf.train.load_checkpoint(str(directory / "checkpoints"))
+    bookkeeping = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name not in bookkeeping}
+
+
+def logs_without_timing(directory):
+    return {name: [{k: v for k, v in row.items() if k != "seconds_per_step"}
+                   for row in read_csv(directory / name)]
+            for name in ("training_log.csv", "validation_log.csv")}
+
+
+class SendSignal(keras.callbacks.Callback):
+    """Sends this process `signal_number` after step `step`, as a preempting scheduler would."""
+
+    def __init__(self, step, signal_number):
+        super().__init__()
+        self.step, self.signal_number = step, signal_number
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            os.kill(os.getpid(), self.signal_number)
+
+
+# Sent after step 6 (between the evaluations at 5 and 10, on a log row), a signal is handled
+# at the next batch end: step 7, between two log rows (6, 8). Sent after step 4, it is handled
+# at step 5, an epoch's last batch: after that epoch's evaluation and checkpoint.
+@pytest.mark.parametrize("signal_number, sent, stop", [
+    (signal.SIGTERM, 6, 7), (signal.SIGTERM, 4, 5),
+    pytest.param(signal.SIGINT, 6, 7, marks=pytest.mark.slow)])
+def test_a_signal_checkpoints_the_step_reached_and_the_rerun_ends_bit_equal(
+        tmp_path, signal_number, sent, stop):
+    stream, evaluation = streams()
+    quiet = dict(console=lambda _: None)
+    train(config(), stream, evaluation, tmp_path / "whole", **quiet)
+    before = signal.getsignal(signal_number)
+    lines = []
+    with pytest.raises(RunInterrupted) as stopped:
+        train(config(), stream, evaluation, tmp_path / "cut", console=lines.append,
+              callbacks=[SendSignal(sent, signal_number)])
+    assert stopped.value.step == stop and stopped.value.exit_code == 75
+    assert stopped.value.checkpoint.endswith(f"ckpt-{stop}")
+    assert signal.getsignal(signal_number) is before  # the handlers are put back
+    assert not (tmp_path / "cut" / "results.json").exists()
+    # The logs are those of an uninterrupted run so far: no evaluation at step 7, the
+    # evaluation at the epoch's end, 5.
+    assert [int(r["step"]) for r in read_csv(tmp_path / "cut" / "validation_log.csv")] == [0, 5]
+
+    lines = []
+    results = train(config(), stream, evaluation, tmp_path / "cut", console=lines.append)
+    assert results["step"] == 12 and "resumed from" in lines[0]
+    assert lines[0].endswith(f"at step {stop}")
+    reference = checkpoint_state(tmp_path / "whole")
+    state = checkpoint_state(tmp_path / "cut")
+    assert state.keys() == reference.keys() and any("train_metrics" in k for k in state)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+    # The row at step 8 averages steps 7 and 8: the running means were checkpointed at 7.
+    assert logs_without_timing(tmp_path / "cut") == logs_without_timing(tmp_path / "whole")
+
+
+def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(tmp_path):
+    stream, evaluation = streams()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom tensorflow_mean_teacher import run_lock\n"
+         "with run_lock.hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError, match=rf"in use by another run: pid {holder.pid} on "
+                                                rf"host {socket.gethostname()}"):
+            train(config(), stream, evaluation, tmp_path, console=lambda _: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]  # nothing written
+
+
+def test_a_config_json_that_is_not_json_is_refused_naming_the_line(tmp_path):
+    stream, evaluation = streams()
+    prepare_results_dir(tmp_path, config())
+    text = (tmp_path / "config.json").read_text().splitlines()
+    text[1] = text[1].rstrip(",")  # a comma lost in a hand edit
+    (tmp_path / "config.json").write_text("\n".join(text))
+    # The error is found where the next key starts: line 3, column 3.
+    with pytest.raises(ResultsDirectoryError, match=r"config.json is not valid JSON: Expecting "
+                                                    r"',' delimiter at line 3, column 3: "
+                                                    r"'\"data\": {'"):
+        train(config(), stream, evaluation, tmp_path, console=lambda _: None)
+
+
+def test_a_config_json_edited_after_a_checkpoint_is_refused_naming_the_key(tmp_path):
+    stream, evaluation = streams()
+    short = config(training_length=5)
+    train(short, stream, evaluation, tmp_path, console=lambda _: None)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["hyperparams"]["max_learning_rate"] = 0.5  # and the command asks for it too
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    edited = RunConfig.from_dict(saved)
+    with pytest.raises(ResultsDirectoryError,
+                       match=r"config.json was changed after .*ckpt-5 was written, which "
+                             r"recorded \(checkpoint -> config.json\): "
+                             r"hyperparams.max_learning_rate: 0.003 -> 0.5"):
+        train(edited, stream, evaluation, tmp_path, console=lambda _: None)
+
+
+def test_a_corrupt_latest_checkpoint_is_skipped_and_the_run_still_ends_bit_equal(tmp_path):
+    stream, evaluation = streams()
+    quiet = dict(console=lambda _: None)
+    train(config(), stream, evaluation, tmp_path / "whole", **quiet)
+    train(config(training_length=10), stream, evaluation, tmp_path / "cut", **quiet)
+    # The same run asked to go on to 12 after its checkpoint at 10 was damaged on disk.
+    cut = tmp_path / "cut"
+    saved = json.loads((cut / "config.json").read_text())
+    saved["hyperparams"]["training_length"] = 12
+    (cut / "config.json").write_text(json.dumps(saved))
+    for manifest in (cut / "checkpoints").glob("*.manifest.json"):
+        record = json.loads(manifest.read_text())
+        record["config"]["hyperparams"]["training_length"] = 12
+        manifest.write_text(json.dumps(record))
+    data = cut / "checkpoints" / "ckpt-10.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    lines = []
+    train(config(), stream, evaluation, cut, console=lines.append)
+    assert lines[0].startswith("warning: skipped corrupt checkpoint") and "ckpt-10" in lines[0]
+    assert lines[0].endswith("resuming from " + str(cut / "checkpoints" / "ckpt-5"))
+    reference, state = checkpoint_state(tmp_path / "whole"), checkpoint_state(cut)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+    assert logs_without_timing(cut) == logs_without_timing(tmp_path / "whole")
+
+
+def test_a_run_killed_after_exporting_to_its_export_dir_finishes_on_the_rerun(tmp_path):
+    stream, evaluation = streams()
+    quiet = dict(console=lambda _: None)
+    train(config(), stream, evaluation, tmp_path / "run", export_dir=tmp_path / "served",
+          **quiet)
+    (tmp_path / "run" / "results.json").unlink()  # killed after the export, before results
+    results = train(config(), stream, evaluation, tmp_path / "run",
+                    export_dir=tmp_path / "served", **quiet)  # no overwrite_export: its own
+    assert results["step"] == 12 and (tmp_path / "served" / "saved_model.pb").exists()
+    with pytest.raises(FileExistsError):  # another run may not overwrite it
+        train(config(), stream, evaluation, tmp_path / "other", export_dir=tmp_path / "served",
+              **quiet)
+
+
+def test_a_config_json_tmp_left_by_a_kill_does_not_block_the_run(tmp_path):
+    stream, evaluation = streams()
+    (tmp_path / "config.json.tmp").write_text('{"batch_si')  # killed while writing it
+    results = train(config(), stream, evaluation, tmp_path, console=lambda _: None)
+    assert results["step"] == 12
