@@ -15,7 +15,8 @@ interrupted cell and skips the finished ones (those with a results.json), after 
 they ran with the requested settings. A run flag given on the command line (a hyperparameter
 such as `--training_length=1000`, or `--data_seed`, `--width`, ...) overrides that value in
 every selected cell; `--export_dir`, if given, is a parent: each cell exports to
-EXPORT_DIR/<cell name>.
+EXPORT_DIR/<cell name>. `runner(grid)` is the grid's `common.Runner`: its `plan` has one run per
+selected cell (and `list_cells`); a bad `--cell`/`--only` is one `error:` line, exit code 2.
 
 The second half of this module holds the settings of the original scripts that several runners
 share (their `model_hyperparameters()` and `run()` bodies, and their seed loops).
@@ -30,11 +31,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from absl import app, flags
+from absl import flags
 
 from runners import common
-
-FLAGS = flags.FLAGS
 
 
 class Cell(NamedTuple):
@@ -127,29 +126,43 @@ def _help_settings(grid: Grid) -> common.RunSettings:
     return dataclasses.replace(first, hyperparams=shown)
 
 
-def define_flags(grid: Grid) -> None:
-    """The flags of every runner (runners.common) and the grid's own."""
-    common.define_flags(_help_settings(grid), results_dir=grid.default_results_dir)
+def define_flags(grid: Grid, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The flags of every runner (runners.common) and the grid's own, on `flag_values`."""
+    common.define_flags(_help_settings(grid), results_dir=grid.default_results_dir,
+                        flag_values=flag_values)
     flags.DEFINE_multi_string(
         "cell", [], f"Run only this cell: an index, a range N-M or a comma list; repeatable. "
-        f"Default: all {len(grid.cells)} cells. See --list_cells.")
+        f"Default: all {len(grid.cells)} cells. See --list_cells.", flag_values=flag_values)
     flags.DEFINE_multi_string(
         "only", [], "Run only the cells whose original parameter KEY has VALUE (KEY=VALUE, "
-        "repeatable; the same KEY twice means either value), e.g. model_type=pi, n_labeled=1000.")
+        "repeatable; the same KEY twice means either value), e.g. model_type=pi, n_labeled=1000.",
+        flag_values=flag_values)
     flags.DEFINE_boolean("list_cells", False,
-                         "Print the selected cells (index, name, settings) and exit.")
+                         "Print the selected cells (index, name, settings) and exit.",
+                         flag_values=flag_values)
+
+
+def plan(grid: Grid, flag_values: flags.FlagValues, args: Sequence[str] = ()) -> common.Plan:
+    """One run per selected cell (the flags' values on top of its settings), into
+    RESULTS_DIR/<cell name>; `list_cells` from --list_cells."""
+    common.refuse_arguments(args)
+    cells = select_cells(grid, flag_values.cell, flag_values.only)
+    return common.plan_runs(
+        flag_values,
+        [(cell.name, common.settings_from_flags(cell.settings, flag_values)) for cell in cells],
+        list_cells=flag_values.list_cells)
+
+
+def runner(grid: Grid) -> common.Runner:
+    """The grid runner's program: its flags, its plan, and `execute_plan`."""
+    return common.Runner(define_flags=lambda flag_values: define_flags(grid, flag_values),
+                         plan=lambda flag_values, args: plan(grid, flag_values, args),
+                         execute=lambda planned: execute_plan(grid, planned))
 
 
 def run_main(grid: Grid) -> None:
-    """Defines the flags and runs the grid runner's `main`: the body of a runner's __main__."""
-    define_flags(grid)
-    app.run(lambda argv: main(grid, argv))
-
-
-def main(grid: Grid, argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    common.exit_on_user_error(lambda: _run(grid))
+    """The body of a grid runner's __main__."""
+    common.run_app(runner(grid))
 
 
 def parse_cell_indices(values: Sequence[str], n_cells: int) -> list[int]:
@@ -163,16 +176,16 @@ def parse_cell_indices(values: Sequence[str], n_cells: int) -> list[int]:
                 start = int(first)
                 stop = int(last) if dash else start
             except ValueError:
-                raise ValueError(
-                    f"--cell {part!r} is not a cell index: use N, N-M or a comma list of them"
-                ) from None
+                raise common.FlagError(
+                    f"--cell={value}: must be a cell index N, a range N-M or a comma list of "
+                    f"them; {part!r} is not a cell index") from None
             for index in (start, stop):
                 if not 0 <= index < n_cells:
-                    raise ValueError(
-                        f"--cell {part}: no cell {index}; this grid has cells 0-{n_cells - 1} "
+                    raise common.FlagError(
+                        f"--cell={value}: no cell {index}; this grid has cells 0-{n_cells - 1} "
                         "(see --list_cells)")
             if stop < start:
-                raise ValueError(f"--cell {part}: the range is empty")
+                raise common.FlagError(f"--cell={value}: the range {part} is empty")
             chosen.update(range(start, stop + 1))
     return sorted(chosen)
 
@@ -201,17 +214,25 @@ def select_cells(grid: Grid, cell_values: Sequence[str] = (),
     keys = list(dict.fromkeys(key for cell in grid.cells for key in cell.params))
     for value in only_values:
         key, equals, expected = value.partition("=")
-        key = key.strip()
+        key, expected = key.strip(), expected.strip()
         if not equals or key not in keys:
-            raise ValueError(
-                f"--only {value!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
-        wanted.setdefault(key, []).append(expected.strip())
+            raise common.FlagError(
+                f"--only={value}: must be KEY=VALUE with KEY one of {', '.join(keys)}")
+        if not any(_matches(cell.params.get(key), expected) for cell in grid.cells):
+            values = dict.fromkeys(_format_value(cell.params[key]) for cell in grid.cells
+                                   if key in cell.params)
+            raise common.FlagError(
+                f"--only={value}: no cell of this grid has {key}={expected}; its values: "
+                f"{', '.join(values)}")
+        wanted.setdefault(key, []).append(expected)
     cells = [cell for cell in cells
              if all(any(_matches(cell.params.get(key), expected) for expected in values)
                     for key, values in wanted.items())]
     if not cells:
-        raise ValueError("No cell of this grid matches the --cell/--only selection "
-                         "(see --list_cells)")
+        selection = " ".join([*(f"--cell={value}" for value in cell_values),
+                              *(f"--only={value}" for value in only_values)])
+        raise common.FlagError(f"{selection}: no cell of this grid matches them all "
+                               "(see --list_cells)")
     return cells
 
 
@@ -266,37 +287,34 @@ def _finished_results(cell: Cell, cell_dir: Path) -> dict | None:
     return json.loads(results_path.read_text())
 
 
-def _run(grid: Grid) -> None:
+def execute_plan(grid: Grid, planned: common.Plan) -> None:
+    """Lists the planned cells, or runs them in order (skipping the finished ones) and prints
+    a JSON summary."""
     started = time.perf_counter()
-    cells = select_cells(grid, FLAGS.cell, FLAGS.only)
-    cells = [cell._replace(settings=common.settings_from_flags(cell.settings)) for cell in cells]
-    root = Path(FLAGS.results_dir)
-    if FLAGS.list_cells:
+    by_name = {cell.name: cell for cell in grid.cells}
+    cells = [by_name[run.name]._replace(settings=run.settings) for run in planned.runs]
+    root = planned.results_dir
+    if planned.list_cells:
         _list(grid, cells, root)
         return
-    export_root = FLAGS.export_dir
     summary = []
-    for position, cell in enumerate(cells, start=1):
-        cell_dir = root / cell.name
-        results = _finished_results(cell, cell_dir)
+    for position, (cell, run) in enumerate(zip(cells, planned.runs, strict=True), start=1):
+        results = _finished_results(cell, run.results_dir)
         if results is not None:
             print(f"== cell {cell.index} ({cell.name}): finished earlier, skipped; "
-                  f"results in {cell_dir}", flush=True)
+                  f"results in {run.results_dir}", flush=True)
             status = "skipped"
         else:
             print(f"== cell {cell.index} ({cell.name}), {position} of {len(cells)}: "
                   f"{describe_settings(cell.settings)}", flush=True)
-            export_dir = None if export_root is None else str(Path(export_root) / cell.name)
-            results = common.execute(cell.settings, cell_dir, distribute=FLAGS.distribute,
-                                     export_dir=export_dir,
-                                     overwrite_export=FLAGS.overwrite_export)
+            results = run.execute()
             status = "ran"
             import keras  # only when training; the rest of the runner stays light
 
             keras.backend.clear_session()
         summary.append({
             "index": cell.index, "name": cell.name, "status": status,
-            "results_dir": str(cell_dir),
+            "results_dir": str(run.results_dir),
             "teacher_error": results.get("teacher_error"),
             "student_error": results.get("student_error"),
         })

@@ -5,17 +5,23 @@
 Both runs see the same labeled examples (`--n_labeled`, drawn with `--data_seed`) and evaluate
 on the digits test split. Mean Teacher also learns from the other training images, unlabeled;
 the baseline is the original's supervised setting (no consistency cost, labeled batches only).
-The last line on stdout is one JSON object with both error rates. `--export_dir`, if given, is
-a parent: the two teachers go to EXPORT_DIR/mean_teacher and EXPORT_DIR/supervised.
+The last line on stdout is one JSON object with both error rates.
+
+Every flag applies to both runs, except those the baseline's definition fixes: its
+minibatches are labeled only (--n_labeled_per_batch is Mean Teacher's), and it has no
+consistency cost (--max_consistency_cost, --apply_consistency_to_labeled). The results go to
+RESULTS_DIR/mean_teacher and RESULTS_DIR/supervised; `--export_dir`, if given, is a parent too:
+the two teachers go to EXPORT_DIR/mean_teacher and EXPORT_DIR/supervised. The digits are
+bundled: --data_dir and --data_source=tfds are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
+from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
 from runners import common
 
@@ -35,38 +41,43 @@ MEAN_TEACHER = common.RunSettings(
 )
 SUPERVISED_CHANGES = dict(max_consistency_cost=0.0, apply_consistency_to_labeled=False)
 
-common.define_flags(MEAN_TEACHER, results_dir="results/quickstart")
-flags.DEFINE_boolean("skip_supervised", False, "Run Mean Teacher only.")
-FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
-    started = time.perf_counter()
-    mean_teacher = common.settings_from_flags(MEAN_TEACHER)
+def define_flags(flag_values: flags.FlagValues) -> None:
+    common.define_flags(MEAN_TEACHER, results_dir="results/quickstart", flag_values=flag_values)
+    flags.DEFINE_boolean("skip_supervised", False, "Run Mean Teacher only.",
+                         flag_values=flag_values)
+
+
+def plan(flag_values: flags.FlagValues, args: Sequence[str]) -> common.Plan:
+    """Mean Teacher, then (unless --skip_supervised) the baseline with the same flags."""
+    common.refuse_arguments(args)
+    mean_teacher = common.settings_from_flags(MEAN_TEACHER, flag_values)
     supervised = dataclasses.replace(
         mean_teacher, n_labeled_per_batch=mean_teacher.batch_size,
         hyperparams={**mean_teacher.hyperparams, **SUPERVISED_CHANGES})
-    root = Path(FLAGS.results_dir)
+    runs = [("mean_teacher", mean_teacher)]
+    if not flag_values.skip_supervised:
+        runs.append(("supervised", supervised))
+    return common.plan_runs(flag_values, runs)
 
-    def execute(settings: common.RunSettings, name: str) -> dict:
-        # --export_dir, if given, is a parent: each of the two runs exports to EXPORT_DIR/name.
-        export_dir = None if FLAGS.export_dir is None else Path(FLAGS.export_dir) / name
-        return common.exit_on_user_error(lambda: common.execute(
-            settings, root / name, distribute=FLAGS.distribute, export_dir=export_dir,
-            overwrite_export=FLAGS.overwrite_export))
 
-    print("== Mean Teacher", flush=True)
-    ours = execute(mean_teacher, "mean_teacher")
+def execute(planned: common.Plan) -> None:
+    started = time.perf_counter()
+    results = {}
+    for run in planned.runs:
+        print("== Mean Teacher" if run.name == "mean_teacher" else
+              "== Supervised baseline (same labels, no consistency cost)", flush=True)
+        results[run.name] = run.execute()
+    ours = results["mean_teacher"]
     summary = {
         "teacher_error": ours["teacher_error"],
         "student_error": ours["student_error"],
         "n_labeled": ours["n_labeled"],
         "steps": ours["step"],
     }
-    if not FLAGS.skip_supervised:
-        print("== Supervised baseline (same labels, no consistency cost)", flush=True)
-        baseline = execute(supervised, "supervised")
+    if "supervised" in results:
+        baseline = results["supervised"]
         summary["supervised_error"] = baseline["teacher_error"]
         summary["supervised_student_error"] = baseline["student_error"]
         print(f"test error with {ours['n_labeled']} labels: Mean Teacher (teacher) "
@@ -75,5 +86,7 @@ def main(argv):
     common.print_json(summary)
 
 
+RUNNER = common.Runner(define_flags, plan, execute)
+
 if __name__ == "__main__":
-    app.run(main)
+    common.run_app(RUNNER)

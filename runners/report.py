@@ -14,7 +14,8 @@ For each setting: the number of seeds, the final error of the teacher (the EMA m
 `eval/error/ema`) and of the student (`eval/error/1`) in percent, mean ± sample standard
 deviation, and the figure of the paper (Tarvainen & Valpola, NIPS 2017, Tables 1 and 2;
 runners/data/paper_results.json) where the setting is the paper's. Exits with status 1 if no
-finished run is found, 2 if a root is not a directory.
+finished run is found, 2 (one `error:` line) if a root is not a directory, none is given, or a
+flag is bad (`--format=xml`). It runs without TensorFlow.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from absl import app, flags
+from absl import flags
+
+from runners import common  # its command line, without TensorFlow
 
 PAPER_RESULTS = Path(__file__).parent / "data" / "paper_results.json"
 
@@ -41,15 +44,12 @@ FIXED_FIELDS = ("dataset", "n_labeled", "model")
 IGNORED_FIELDS = {"print_span", "evaluation_span", "ema_consistency", "seed", "data_seed",
                   "deterministic", "jit_compile"}
 
-FLAGS = flags.FLAGS
+FORMATS = ("table", "csv", "json")
 
 
-class ReportError(Exception):
-    """The report cannot be made as asked: one line to the user and a non-zero exit."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
+class ReportError(common.CommandError):
+    """The report cannot be made as asked: one line to the user and a non-zero exit (2, or 1
+    when there is no finished run)."""
 
 
 @dataclass(frozen=True)
@@ -267,17 +267,35 @@ def report(roots: Sequence[str], output_format: str = "table") -> str:
     return format_table(fields, summaries, roots, paper)
 
 
-def main(argv: Sequence[str]) -> None:
-    roots = list(argv[1:])
-    if not roots:
-        raise app.UsageError("Give one or more results directories, e.g. results/")
-    try:
-        print(report(roots, FLAGS.format))
-    except ReportError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+@dataclass(frozen=True)
+class Plan:
+    """What a report command will do: read the runs under `roots`, print them as `format`."""
 
+    roots: tuple[str, ...]
+    format: str = "table"
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_enum("format", "table", list(FORMATS), "Output format.",
+                      flag_values=flag_values)
+
+
+def plan(flag_values: flags.FlagValues, args: Sequence[str]) -> Plan:
+    """The roots are the positional arguments; each must be a directory."""
+    if not args:
+        raise ReportError("give one or more results directories, e.g. "
+                          "python -m runners.report results/")
+    for root in args:
+        if not Path(root).is_dir():
+            raise ReportError(f"{root} is not a directory")
+    return Plan(roots=tuple(args), format=flag_values.format)
+
+
+def execute(planned: Plan) -> None:
+    print(report(list(planned.roots), planned.format))
+
+
+RUNNER = common.Runner(define_flags, plan, execute)
 
 if __name__ == "__main__":
-    flags.DEFINE_enum("format", "table", ["table", "csv", "json"], "Output format.")
-    app.run(main)
+    common.run_app(RUNNER)

@@ -18,5 +18,7 @@ SETTINGS = common.RunSettings(
                      rampup_length=5000, training_length=40000, max_consistency_cost=50.0),
 )
 
+RUNNER = common.single_runner(SETTINGS, "train_cifar10")
+
 if __name__ == "__main__":
-    common.single_run_main(SETTINGS, "train_cifar10")
+    common.run_app(RUNNER)

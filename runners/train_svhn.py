@@ -17,5 +17,7 @@ SETTINGS = common.RunSettings(
                      max_consistency_cost=50.0),
 )
 
+RUNNER = common.single_runner(SETTINGS, "train_svhn")
+
 if __name__ == "__main__":
-    common.single_run_main(SETTINGS, "train_svhn")
+    common.run_app(RUNNER)

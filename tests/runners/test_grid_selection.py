@@ -41,14 +41,15 @@ def test_parse_cell_indices(values, expected):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("8", "--cell 8: no cell 8; this grid has cells 0-7"),
-    ("x", "--cell 'x' is not a cell index"),
-    ("5-2", "the range is empty"),
-    ("-1", "is not a cell index"),
+    ("8", "--cell=8: no cell 8; this grid has cells 0-7"),
+    ("x", "--cell=x: must be a cell index N, a range N-M or a comma list of them; 'x' is not"),
+    ("5-2", "--cell=5-2: the range 5-2 is empty"),
+    ("-1", "--cell=-1: must be a cell index"),
 ])
 def test_parse_cell_indices_refuses(value, message):
     with pytest.raises(ValueError, match=message):
         grid.parse_cell_indices([value], 8)
+    assert issubclass(common.FlagError, ValueError)
 
 
 def test_select_by_parameter_values():
@@ -65,12 +66,17 @@ def test_select_by_parameter_values():
 
 def test_select_refuses_unknown_keys_and_empty_selections():
     toy = toy_grid()
-    with pytest.raises(ValueError, match="KEY one of n_labeled, model_type, data_seed"):
+    with pytest.raises(ValueError, match="--only=seed=1: must be KEY=VALUE with KEY one of "
+                                         "n_labeled, model_type, data_seed"):
         grid.select_cells(toy, only_values=["seed=1"])
-    with pytest.raises(ValueError, match="KEY=VALUE"):
+    with pytest.raises(ValueError, match="--only=model_type: must be KEY=VALUE"):
         grid.select_cells(toy, only_values=["model_type"])
-    with pytest.raises(ValueError, match="No cell"):
+    with pytest.raises(ValueError, match="--only=model_type=ladder: no cell of this grid has "
+                                         "model_type=ladder; its values: mean_teacher, pi"):
         grid.select_cells(toy, only_values=["model_type=ladder"])
+    with pytest.raises(ValueError, match="--cell=0-1 --only=model_type=pi: no cell of this "
+                                         "grid matches them all"):
+        grid.select_cells(toy, ["0-1"], ["model_type=pi"])
 
 
 def test_float_and_bool_parameters_match_their_spellings():
