@@ -63,3 +63,27 @@ def test_the_own_network_example_runs(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "mt.keras").exists()
     assert (tmp_path / "teacher" / "saved_model.pb").exists()
+
+
+def fault_inventory():
+    """The rows (fault, behaviour, test) of the README's fault inventory table."""
+    section = README.split("### Faults and bad input", 1)[1].split("\n#", 1)[0]
+    table = section.split("| fault or bad input | what the program does | test |", 1)[1]
+    rows = []
+    for line in table.strip().splitlines()[1:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        rows.append(cells)
+    return rows
+
+
+def test_the_fault_inventory_names_real_tests():
+    rows = fault_inventory()
+    assert len(rows) >= 25
+    for fault, behaviour, test in rows:
+        assert fault and behaviour, test
+        path, _, name = test.strip("`").partition("::")
+        source = (REPO / path).read_text()
+        assert re.search(rf"^def {re.escape(name)}\(", source, re.MULTILINE), \
+            f"{test} (for {fault!r}) is not a test in {path}"
