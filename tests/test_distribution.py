@@ -264,8 +264,8 @@ def test_only_the_chief_writes_the_run(two_workers):
     run = two_workers / "run"
     # The lock is the chief's alone (the other workers never take it).
     assert sorted(p.name for p in run.iterdir()) == [
-        ".lock", "checkpoints", "config.json", "results.json", "teacher", "tensorboard",
-        "training_log.csv", "validation_log.csv"]
+        ".lock", "checkpoints", "config.json", "export.json", "results.json", "teacher",
+        "tensorboard", "training_log.csv", "validation_log.csv"]
     assert f"pid {chief['pid']} " in (run / ".lock").read_text()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
         "MANIFESTS", "checkpoint", "ckpt-0.data-00000-of-00001", "ckpt-0.index",
