@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from tensorflow_mean_teacher.npz_files import UnreadableArrays, read_arrays
+
 __all__ = ["DIGITS_PATH", "DIGITS_VALIDATION_SIZE", "load_digits", "prepare_digit_images"]
 
 DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "digits.npz")
@@ -37,19 +39,6 @@ def prepare_digit_images(images: np.ndarray) -> np.ndarray:
     return np.repeat(scaled[..., None], 3, axis=-1)
 
 
-def _unreadable(path: str | os.PathLike, error: Exception, restore: str,
-                key: str | None = None) -> ValueError:
-    if isinstance(error, ValueError) and "pickle" in str(error):
-        # numpy's refusal (allow_pickle=False) of a file that is not npz/npy, or of an object
-        # array in the archive: either would have to be unpickled.
-        what = (f"{key!r} is an object array (pickled data)" if key else
-                "it is neither an npz archive nor an .npy file (numpy would read it as a pickle)")
-        return ValueError(f"The digits file {path} is corrupt: {what}, which is never "
-                          f"unpickled. {restore}")
-    return ValueError(f"The digits file {path} is corrupt or unreadable "
-                      f"({type(error).__name__}: {error}). {restore}")
-
-
 def _read_digits(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """images and labels of the digits npz, or one ValueError naming the file and the fault.
 
@@ -58,31 +47,15 @@ def _read_digits(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """
     restore = "Restore datasets/data/digits.npz from version control."
     try:
-        archive = np.load(path, allow_pickle=False)
+        arrays = read_arrays(path, ("images", "labels"))
     except FileNotFoundError:
         raise FileNotFoundError(
             f"The bundled digits file {path} is missing; it is part of the repository "
             "(datasets/data/digits.npz). Restore it from version control."
         ) from None
-    except Exception as error:
-        raise _unreadable(path, error, restore) from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"The digits file {path} is corrupt or unreadable: it is a single "
-                         f".npy array, not an npz archive of images and labels. {restore}")
-    with archive:
-        missing = [key for key in ("images", "labels") if key not in archive.files]
-        if missing:
-            raise ValueError(
-                f"The digits file {path} is corrupt: it has no {' or '.join(map(repr, missing))}"
-                f" array (arrays found: {sorted(archive.files) or 'none'}). {restore}"
-            )
-        arrays = []
-        for key in ("images", "labels"):
-            try:
-                arrays.append(archive[key])
-            except Exception as error:  # an object array (pickled), a truncated or bad member
-                raise _unreadable(path, error, restore, key) from error
-        images, labels = arrays
+    except UnreadableArrays as error:
+        raise ValueError(f"The digits file {path} is corrupt: {error}. {restore}") from error
+    images, labels = arrays["images"], arrays["labels"]
     if (not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray)
             or images.ndim != 3 or images.shape[1:] != (8, 8) or labels.ndim != 1
             or len(labels) != len(images)):

@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from tensorflow_mean_teacher.npz_files import UnreadableArrays, read_arrays
+
 __all__ = ["GCN_SCALE", "GCN_MIN_DIVISOR", "ZCA_FILTER_BIAS", "cached_gcn_zca", "gcn_zca"]
 
 GCN_SCALE = 55.0
@@ -154,36 +156,14 @@ def _save_npz_atomically(path: str, **arrays: np.ndarray) -> None:
         raise
 
 
-def _reason(error: Exception, key: str | None = None) -> str:
-    if isinstance(error, ValueError) and "pickle" in str(error):
-        # numpy's refusal (allow_pickle=False) of a file that is not npz/npy, or of an object
-        # array in the archive: either would have to be unpickled.
-        what = (f"{key!r} is an object array (pickled data)" if key else
-                "it is neither an npz archive nor an .npy file (numpy would read it as a pickle)")
-        return f"{what}, which is never unpickled"
-    return f"{type(error).__name__}: {error}"
-
-
 def _read_cache(path: str, train_shape: tuple[int, ...], test_shape: tuple[int, ...]
                 ) -> tuple[np.ndarray, np.ndarray] | str:
     """The cached (train_x, test_x), or why the file cannot be them."""
     try:
-        # allow_pickle=False: an object array in the file is refused, never unpickled.
-        archive = np.load(path, allow_pickle=False)
-    except Exception as error:
-        return _reason(error)
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        return "a single .npy array, not an npz archive"
-    with archive:
-        missing = [key for key in ("train_x", "test_x") if key not in archive.files]
-        if missing:
-            return f"no {' or '.join(map(repr, missing))} array"
-        arrays = []
-        for key in ("train_x", "test_x"):
-            try:
-                arrays.append(archive[key])
-            except Exception as error:  # an object array, a truncated or damaged member
-                return _reason(error, key)
+        cached = read_arrays(path, ("train_x", "test_x"))
+    except (OSError, UnreadableArrays) as error:
+        return str(error)
+    arrays = [cached["train_x"], cached["test_x"]]
     for name, array, shape in zip(("train_x", "test_x"), arrays, (train_shape, test_shape),
                                   strict=True):
         if not isinstance(array, np.ndarray) or array.shape != shape or array.dtype != np.float32:

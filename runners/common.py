@@ -600,12 +600,6 @@ def print_json(values: Mapping[str, Any]) -> None:
     print(json.dumps(values, sort_keys=True), flush=True)
 
 
-def execute_options_from_flags(flag_values: flags.FlagValues = FLAGS) -> dict[str, Any]:
-    """`execute`'s keyword arguments of how and where to run, from the common flags."""
-    return {"distribute": flag_values.distribute, "export_dir": flag_values.export_dir,
-            "overwrite_export": flag_values.overwrite_export}
-
-
 def single_runner(settings: RunSettings, runner: str) -> Runner:
     """The program of a runner that makes one run (`settings` with the flags on top) into
     --results_dir (default results/RUNNER), and prints its results as JSON."""

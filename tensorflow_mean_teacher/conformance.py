@@ -30,6 +30,7 @@ import tensorflow as tf
 from tensorflow_mean_teacher.architecture import LAYER_NAMES
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.model import MeanTeacher
+from tensorflow_mean_teacher.npz_files import UnreadableArrays, read_arrays
 
 _REQUIRED_KEYS = ("hyperparams_json", "fixture_json", "batches_x", "batches_y", "eval_x", "eval_y")
 _SCHEDULE = ("learning_rate", "adam_beta_1", "adam_beta_2", "ema_decay", "cons_coefficient")
@@ -143,37 +144,15 @@ _IMAGE_SHAPE = (32, 32, 3)  # FORMAT.md 1.1: 32x32x3 patches
 _NUM_CLASSES = 10
 
 
-def _reason(error: Exception, key: str | None = None) -> str:
-    if isinstance(error, ValueError) and "pickle" in str(error):
-        # numpy's refusal (allow_pickle=False) of a file that is not npz/npy, or of an object
-        # array in the archive: either would have to be unpickled.
-        what = (f"{key!r} is an object array (pickled data)" if key else
-                "it is neither an npz archive nor an .npy file (numpy would read it as a pickle)")
-        return f"{what}, which is never unpickled (FORMAT.md has no pickles)"
-    return f"{type(error).__name__}: {error}"
-
-
 def _read_arrays(path: str | Path) -> dict:
     """Every array of the npz, read with allow_pickle=False: an object array is refused."""
     try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as error:  # not a file, not a zip, a pickle, a bad header
-        raise FixtureError(f"Cannot read fixture {path}: {_reason(error)}") from error
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise FixtureError(f"Cannot read fixture {path}: it is a single .npy array, not an npz "
-                           "archive in the FORMAT.md format.")
-    fixture = {}
-    with archive:
-        for key in archive.files:
-            try:
-                fixture[key] = archive[key]
-            except Exception as error:  # an object array (pickled), a truncated member, ...
-                raise FixtureError(f"Cannot read fixture {path}: {_reason(error, key)}"
-                                   ) from error
-            if not isinstance(fixture[key], np.ndarray):
-                raise FixtureError(f"Cannot read fixture {path}: key {key!r} is not a .npy "
-                                   "array.")
-    return fixture
+        return read_arrays(path)
+    except (OSError, UnreadableArrays) as error:
+        reason = str(error)
+        if "never unpickled" in reason:
+            reason += " (FORMAT.md has no pickles)"
+        raise FixtureError(f"Cannot read fixture {path}: {reason}") from error
 
 
 def _check_arrays(path: str | Path, fixture: dict) -> None:

@@ -24,6 +24,8 @@ _passes: dict[str, int] = {}
 
 def kill_point(name: str) -> None:
     """SIGKILLs this process here if `TFMT_TEST_KILL_AT` names this point (and pass)."""
+    if name not in POINTS:
+        raise ValueError(f"Unknown kill point. Received: name={name!r}; known: {POINTS}")
     wanted = os.environ.get(ENVIRONMENT_VARIABLE)
     if not wanted:
         return

@@ -227,7 +227,7 @@ SPOILED = {
     "object array": r"'train_x' is an object array \(pickled data\), which is never unpickled",
     "a pickle": r"it is neither an npz archive nor an \.npy file \(numpy would read it as a "
                 r"pickle\), which is never unpickled",
-    "missing key": r"no 'test_x' array",
+    "missing key": r"it has no 'test_x' array",
     "wrong shape": r"train_x is \(19, 4, 4, 3\) float32, expected \(20, 4, 4, 3\) float32",
     "wrong dtype": r"train_x is \(20, 4, 4, 3\) float64, expected \(20, 4, 4, 3\) float32",
 }

@@ -72,7 +72,10 @@ FLAGS_SCRIPT = textwrap.dedent("""
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["runner", *argv])
         settings = dataclasses.asdict(common.settings_from_flags(base))
-        print(json.dumps({"settings": settings, "options": common.execute_options_from_flags()}))
+        run = common.plan_runs(flags.FLAGS, [("", base)]).runs[0]
+        options = {"distribute": run.distribute, "overwrite_export": run.overwrite_export,
+                   "export_dir": None if run.export_dir is None else str(run.export_dir)}
+        print(json.dumps({"settings": settings, "options": options}))
 """)
 
 
