@@ -4,7 +4,13 @@ tf.data streams."""
 from datasets.cifar10 import load_cifar10
 from datasets.digits import load_digits
 from datasets.image_folder import ImageFolder, load_image_folder
-from datasets.minibatching import UNLABELED, evaluation_dataset, host_images, training_dataset
+from datasets.minibatching import (
+    UNLABELED,
+    epoch_dataset,
+    evaluation_dataset,
+    host_images,
+    training_dataset,
+)
 from datasets.partition import extra_unlabeled_indices, partition_indices, training_rows
 from datasets.preprocessing import cached_gcn_zca, gcn_zca
 from datasets.registry import DATASETS, load
@@ -22,6 +28,7 @@ __all__ = [
     "SemiSupervisedData",
     "UNLABELED",
     "cached_gcn_zca",
+    "epoch_dataset",
     "evaluation_dataset",
     "extra_unlabeled_indices",
     "gcn_zca",

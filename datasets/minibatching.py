@@ -15,7 +15,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["UNLABELED", "evaluation_dataset", "host_images", "training_dataset"]
+__all__ = ["UNLABELED", "epoch_dataset", "evaluation_dataset", "host_images",
+           "training_dataset"]
 
 UNLABELED = -1
 
@@ -26,6 +27,7 @@ _COPY_CHUNK_BYTES = 64 << 20
 # Stream ids, folded into the seed so that the two streams of a mixed batch are independent.
 _ALL_EXAMPLES_STREAM = 0
 _LABELED_STREAM = 1
+_INITIALIZATION_STREAM = 2
 
 
 def _check_batch_size(batch_size: object) -> int:
@@ -222,6 +224,67 @@ def training_dataset(
         )
     )
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_dataset(
+    images: np.ndarray | tf.Variable | tf.Tensor,
+    labels: np.ndarray,
+    *,
+    batch_size: int = 100,
+    seed: int = 0,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
+    """Temporal Ensembling's stream: `(images, labels, indices)` batches in whole epochs.
+
+    Batch 0 is the initialisation batch (the first `batch_size` rows of a permutation of its
+    own, as tempens draws its initialisation minibatch from a separate pass). Then epoch e
+    (e = 0, 1, ...) is batches 1 + e * S to (e + 1) * S, S = N // batch_size: one fresh
+    permutation of all N rows, labeled and unlabeled, cut into S full batches; the last
+    N - S * batch_size rows of the permutation are dropped, as tempens' iterator drops its last
+    partial minibatch. `indices` (int64) are the rows of `images`/`labels` each example comes
+    from, so that per-example state (the ensemble predictions) follows the example whatever
+    the shuffle. `skip_batches` starts the same stream later (to resume exactly).
+    """
+    batch_size = _check_batch_size(batch_size)
+    images, labels = _check_images_and_labels(images, labels)
+    seed = _check_seed(seed)
+    if isinstance(skip_batches, bool) or not isinstance(skip_batches, numbers.Integral) \
+            or skip_batches < 0:
+        raise ValueError(f"skip_batches must be an integer >= 0. Received: {skip_batches!r}")
+    n_examples = len(labels)
+    if batch_size > n_examples:
+        raise ValueError(f"batch_size ({batch_size}) must be at most the number of training "
+                         f"examples ({n_examples}): an epoch drops its last partial batch.")
+    steps = n_examples // batch_size
+    all_images = host_images(images)
+    all_labels = tf.convert_to_tensor(labels.astype(np.int32))
+    rows = tf.range(n_examples, dtype=tf.int64)
+
+    def permutation(stream: int, pass_number: tf.Tensor) -> tf.Tensor:
+        stream_seed = tf.constant([seed, stream], dtype=tf.int64)
+        pass_seed = tf.random.experimental.stateless_fold_in(stream_seed, pass_number)
+        return tf.random.experimental.stateless_shuffle(rows, seed=pass_seed)
+
+    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        kept = permutation(_ALL_EXAMPLES_STREAM, epoch)[: steps * batch_size]
+        return tf.data.Dataset.from_tensor_slices(tf.reshape(kept, (steps, batch_size)))
+
+    first = permutation(_INITIALIZATION_STREAM, tf.constant(0, tf.int64))[:batch_size]
+    # Skipping whole epochs costs nothing: only the epoch counter moves.
+    skip_epochs = max(skip_batches - 1, 0) // steps if skip_batches else 0
+    within = (skip_batches - 1 - skip_epochs * steps) if skip_batches else 0
+    epochs = tf.data.Dataset.counter(start=skip_epochs, dtype=tf.int64).flat_map(epoch_batches)
+    batches = epochs.skip(within) if skip_batches else (
+        tf.data.Dataset.from_tensors(first).concatenate(epochs))
+
+    def gather(batch_rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        return (tf.cast(tf.gather(all_images, batch_rows), tf.float32),
+                tf.gather(all_labels, batch_rows), batch_rows)
+
+    # Endless; flat_map hides that from tf.data, and `train` tells a stream that runs dry from
+    # an endless one by its cardinality.
+    return batches.map(gather).prefetch(tf.data.AUTOTUNE).apply(
+        tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
 
 
 def evaluation_dataset(

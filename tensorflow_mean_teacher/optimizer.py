@@ -5,6 +5,9 @@ constant beta. The original schedules beta1 (ramp-down) and beta2 (switch after 
 keeps two variables, `beta1_power` and `beta2_power`, initialised to the betas at step 0 and
 multiplied by the betas *actually used* after each step. The bias correction uses those running
 products. After a beta switch the two differ; the difference is visible in the results.
+
+Laine & Aila's Temporal Ensembling code (its `robust_adam`) instead corrects with the *current*
+betas to the power of the step count, `beta ** t`: `beta_powers="current"`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import keras
 import tensorflow as tf
 
 BetaLike = float | Callable
+BETA_POWERS = ("running", "current")
 
 
 @keras.saving.register_keras_serializable(package="tensorflow_mean_teacher")
@@ -30,6 +34,8 @@ class TF1Adam(keras.optimizers.Optimizer):
         learning_rate: a float or a schedule of the step (`optimizer.iterations`).
         beta_1, beta_2: floats or schedules of the step, evaluated at the step before its update.
         epsilon: added to `sqrt(v)`, as in TF1 (not to `v`).
+        beta_powers: "running" (TF1's running products `b1p`, `b2p`) or "current" (the step's
+            betas to the power t, the number of steps including this one: tempens' Adam).
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class TF1Adam(keras.optimizers.Optimizer):
         beta_1: BetaLike = 0.9,
         beta_2: BetaLike = 0.999,
         epsilon: float = 1e-8,
+        beta_powers: str = "running",
         name: str = "tf1_adam",
         **kwargs,
     ):
@@ -47,6 +54,10 @@ class TF1Adam(keras.optimizers.Optimizer):
                 raise ValueError(f"{arg} must be in [0, 1). Received: {arg}={value!r}")
         if not float(epsilon) > 0:
             raise ValueError(f"epsilon must be > 0. Received: epsilon={epsilon!r}")
+        if beta_powers not in BETA_POWERS:
+            raise ValueError(f"beta_powers must be one of {BETA_POWERS}. "
+                             f"Received: beta_powers={beta_powers!r}")
+        self.beta_powers = beta_powers
         self.beta_1 = beta_1
         self.beta_2 = beta_2
         self.epsilon = epsilon
@@ -91,8 +102,12 @@ class TF1Adam(keras.optimizers.Optimizer):
         gradient = tf.cast(gradient, variable.dtype)
         beta_1 = tf.cast(self._beta(self.beta_1), variable.dtype)
         beta_2 = tf.cast(self._beta(self.beta_2), variable.dtype)
-        beta_1_power = tf.cast(self.beta_1_power, variable.dtype)
-        beta_2_power = tf.cast(self.beta_2_power, variable.dtype)
+        if self.beta_powers == "running":
+            beta_1_power = tf.cast(self.beta_1_power, variable.dtype)
+            beta_2_power = tf.cast(self.beta_2_power, variable.dtype)
+        else:  # `iterations` counts the steps before this one
+            t = tf.cast(self.iterations + 1, variable.dtype)
+            beta_1_power, beta_2_power = tf.pow(beta_1, t), tf.pow(beta_2, t)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
 
@@ -107,6 +122,7 @@ class TF1Adam(keras.optimizers.Optimizer):
             "beta_1": keras.saving.serialize_keras_object(self.beta_1),
             "beta_2": keras.saving.serialize_keras_object(self.beta_2),
             "epsilon": self.epsilon,
+            "beta_powers": self.beta_powers,
         })
         return config
 
