@@ -86,6 +86,14 @@ class MeanTeacher(keras.Model):
             0.999 in the original. From zero, they need a few thousand steps to converge: lower
             it (e.g. 0.99) for short runs.
         seed: seed of every random draw (input perturbations, dropout, initial V).
+        shared_flip: with `flip_horizontally`, one flip per image drawn once per step and
+            shared by every tower of the step (Laine & Aila's Pi model flips the pair alike);
+            False (the original's): each tower flips independently. Translations and noise
+            stay independent.
+        pi_target_gradients: whether the Pi model's cost also backpropagates through its
+            second branch (True: the original's MSE cost, and Laine & Aila's Pi model) or
+            treats it as a fixed target (False). The KL costs never backpropagate into their
+            target, as in TF1.
 
     ConvLarge (and any network defining `data_dependent_initialization(images)`) needs
     `initialize_from_batch(images)` once before training: the original's data-dependent
@@ -98,7 +106,8 @@ class MeanTeacher(keras.Model):
                  image_shape: tuple[int, int, int] | None = None, width: int = 128,
                  teacher_reads_ema: str = "pre", teacher_state: str = "own",
                  compute_pi_branch: bool | None = None, eval_mean_decay: float = 0.999,
-                 seed: int | None = None, **kwargs):
+                 seed: int | None = None, shared_flip: bool = False,
+                 pi_target_gradients: bool = True, **kwargs):
         kwargs.setdefault("name", "mean_teacher")
         super().__init__(**kwargs)
         if hyperparams is None:
@@ -143,9 +152,18 @@ class MeanTeacher(keras.Model):
         self.compute_pi_branch = bool(compute_pi_branch)
         self.eval_mean_decay = float(eval_mean_decay)
         self.seed = seed
+        self.shared_flip = bool(shared_flip)
+        self.pi_target_gradients = bool(pi_target_gradients)
+        # Drawn once per step and applied before every tower: the towers themselves do not flip.
+        self._tower_flips = hyperparams.flip_horizontally and not self.shared_flip
 
         offset = lambda k: None if seed is None else seed * 7 + k  # noqa: E731
         self.pi_branch = None
+        self.shared_flip_stage = None
+        if self.shared_flip and hyperparams.flip_horizontally:
+            self.shared_flip_stage = InputStage(
+                normalize_input=False, flip_horizontally=True, translate=False, input_noise=0.0,
+                seed=offset(9), name="shared_flip", dtype="float32")
         if student is None:
             self._build_convlarge(offset)
         else:
@@ -176,7 +194,7 @@ class MeanTeacher(keras.Model):
         tower = dict(
             num_classes=self.num_classes, num_logits=hp.num_logits, width=self.width,
             input_noise=hp.input_noise, normalize_input=hp.normalize_input,
-            flip_horizontally=hp.flip_horizontally, translate=hp.translate,
+            flip_horizontally=self._tower_flips, translate=hp.translate,
             eval_mean_decay=self.eval_mean_decay,
         )
         self.student_input_stage = self.teacher_input_stage = self.pi_input_stage = None
@@ -200,7 +218,7 @@ class MeanTeacher(keras.Model):
 
         def stage(k, name):
             return InputStage(
-                normalize_input=hp.normalize_input, flip_horizontally=hp.flip_horizontally,
+                normalize_input=hp.normalize_input, flip_horizontally=self._tower_flips,
                 translate=hp.translate, input_noise=hp.input_noise, seed=offset(k), name=name,
                 dtype="float32",  # per-image statistics in float32 under mixed precision too
             )
@@ -368,6 +386,9 @@ class MeanTeacher(keras.Model):
                                     ("pi_input_stage", self.pi_input_stage))
                 if layer is not None
             }
+        if self.shared_flip_stage is not None:
+            parts["shared_flip"] = tf.train.Checkpoint(
+                state=self.shared_flip_stage.seed_generator.state)
         if train_metrics:
             parts["train_metrics"] = tf.train.Checkpoint(
                 variables=[v for tracker in self.train_metrics for v in tracker.variables])
@@ -491,6 +512,8 @@ class MeanTeacher(keras.Model):
         """
         hp = self.hyperparams
         labels = tf.cast(labels, tf.int32)
+        if self.shared_flip_stage is not None:
+            images = self.shared_flip_stage(images, training=True)
         schedule = scheduled_values(hp, self.optimizer.iterations)
         if self.teacher_reads_ema == "post":
             self._update_teacher(schedule["ema_decay"])
@@ -519,6 +542,8 @@ class MeanTeacher(keras.Model):
                       "class_logits_ema": class_ema, "cons_logits_ema": cons_ema}
             if self.compute_pi_branch:
                 class_2, _ = self._tower("pi", images, True)
+                if not self.pi_target_gradients:
+                    class_2 = tf.stop_gradient(class_2)
                 cons_costs_pi = consistency(class_2)
                 values["train/cons_cost/pi"] = tf.reduce_mean(cons_costs_pi)
                 values["train/total_cost/pi"] = losses.total_cost(
@@ -656,6 +681,8 @@ class MeanTeacher(keras.Model):
             "compute_pi_branch": self.compute_pi_branch,
             "eval_mean_decay": self.eval_mean_decay,
             "seed": self.seed,
+            "shared_flip": self.shared_flip,
+            "pi_target_gradients": self.pi_target_gradients,
         }
 
     @classmethod

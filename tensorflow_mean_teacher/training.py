@@ -40,7 +40,12 @@ from tensorflow_mean_teacher import callbacks as cb
 from tensorflow_mean_teacher import checkpoints, distribution, run_lock
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.model import MeanTeacher
+from tensorflow_mean_teacher.temporal_ensembling import TemporalEnsembling
+from tensorflow_mean_teacher.temporal_ensembling_params import TemporalEnsemblingParams
 
+# How the model learns from the unlabeled examples. Mean Teacher covers the Pi model
+# (ema_consistency=False) and the supervised baseline (max_consistency_cost=0) as well.
+METHODS = ("mean_teacher", "temporal_ensembling")
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 EXPORT_RECORD = "export.json"  # where the run exports: a re-run may overwrite it
@@ -52,6 +57,11 @@ class RunConfig:
 
     `data` describes the data (dataset name, n_labeled, data_seed, ...) for the record and for
     the resume check; the data arrays and streams are passed to `train` separately.
+
+    `method` "temporal_ensembling" trains a `TemporalEnsembling` model with the settings
+    `temporal_ensembling`; its stream yields (images, labels, indices) in whole epochs
+    (`datasets.epoch_dataset`), `batch_size` is its minibatch_size and
+    `hyperparams.training_length` its num_epochs times the steps of an epoch.
     """
 
     hyperparams: HyperParams = dataclasses.field(default_factory=HyperParams)
@@ -64,17 +74,58 @@ class RunConfig:
     deterministic: bool = False
     jit_compile: bool = False
     data: dict = dataclasses.field(default_factory=dict)
+    method: str = "mean_teacher"
+    temporal_ensembling: TemporalEnsemblingParams | None = None
+    shared_flip: bool = False
+    pi_target_gradients: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}. Received: method={self.method!r}")
+        params = self.temporal_ensembling
+        if self.method != "temporal_ensembling":
+            if params is not None:
+                raise ValueError("temporal_ensembling settings need "
+                                 f"method='temporal_ensembling'. Received: method={self.method!r}")
+            return
+        if params is None:
+            raise ValueError("method='temporal_ensembling' needs its settings "
+                             "(temporal_ensembling=TemporalEnsemblingParams(...)).")
+        if isinstance(params, Mapping):
+            params = TemporalEnsemblingParams.from_dict(params)
+            object.__setattr__(self, "temporal_ensembling", params)
+        if params.minibatch_size != self.batch_size:
+            raise ValueError(
+                f"batch_size must equal temporal_ensembling.minibatch_size. Received: "
+                f"batch_size={self.batch_size}, minibatch_size={params.minibatch_size}")
+        if self.hyperparams.training_length != params.training_length:
+            raise ValueError(
+                "hyperparams.training_length must be num_epochs times the steps of an epoch "
+                f"({params.num_epochs} x {params.steps_per_epoch} = {params.training_length}). "
+                f"Received: training_length={self.hyperparams.training_length}")
 
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["hyperparams"] = self.hyperparams.to_dict()
-        return values
+        if self.temporal_ensembling is not None:
+            values["temporal_ensembling"] = self.temporal_ensembling.to_dict()
+        # Settings added since runs were first recorded are absent at their defaults, so that
+        # older runs still resume.
+        return {key: value for key, value in values.items()
+                if key not in _LATER_DEFAULTS or value != _LATER_DEFAULTS[key]}
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
         values = dict(values)
         values["hyperparams"] = HyperParams.from_dict(values.get("hyperparams", {}))
+        if values.get("temporal_ensembling") is not None:
+            values["temporal_ensembling"] = TemporalEnsemblingParams.from_dict(
+                values["temporal_ensembling"])
         return cls(**values)
+
+
+_LATER_DEFAULTS = {"method": "mean_teacher", "temporal_ensembling": None, "shared_flip": False,
+                   "pi_target_gradients": True}
 
 
 def differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -195,15 +246,21 @@ def enable_determinism(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def check_stream(dataset: tf.data.Dataset, what: str) -> tf.TensorShape:
-    """Refuses a stream whose batches are not (float images (B, H, W, C), integer labels).
+def check_stream(dataset: tf.data.Dataset, what: str, *,
+                 with_indices: bool = False) -> tf.TensorShape:
+    """Refuses a stream whose batches are not (float images (B, H, W, C), integer labels), or
+    with `with_indices`, (images, labels, integer indices).
 
     Returns the images' shape without the batch dimension, (H, W, C) (None where unknown).
     """
     spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise ValueError(f"The {what} stream must yield (images, labels) pairs. Received: {spec}")
-    images, labels = spec
+    size = 3 if with_indices else 2
+    if not (isinstance(spec, tuple) and len(spec) == size):
+        wanted = "(images, labels, indices) triples" if with_indices else "(images, labels) pairs"
+        raise ValueError(f"The {what} stream must yield {wanted}. Received: {spec}")
+    if with_indices and not (isinstance(spec[2], tf.TensorSpec) and spec[2].dtype.is_integer):
+        raise TypeError(f"The {what} indices must be integers. Received: {spec[2]}")
+    images, labels = spec[:2]
     if not isinstance(images, tf.TensorSpec) or images.shape.rank != 4:
         shape = getattr(images, "shape", images)
         raise ValueError(
@@ -301,7 +358,8 @@ def train(config: RunConfig, training_stream: Callable[[int], tf.data.Dataset],
     if student is not None and not isinstance(student, keras.Model):
         raise TypeError(f"student must be a keras.Model. Received: student={student!r}")
     results_dir = Path(results_dir)
-    training_shape = check_stream(training_stream(0), "training")
+    training_shape = check_stream(training_stream(0), "training",
+                                  with_indices=config.method == "temporal_ensembling")
     evaluation_shape = check_stream(evaluation_data, "evaluation")
     if not training_shape.is_compatible_with(evaluation_shape):
         raise ValueError(
@@ -369,9 +427,17 @@ def _run(config: RunConfig, record: dict, training_stream: Callable[[int], tf.da
     with strategy.scope():
         # Passed only when given, so that a MeanTeacher without the argument still works.
         network = {} if student is None else {"student": student}
-        model = MeanTeacher(hp, num_classes=config.num_classes, width=config.width,
-                            teacher_reads_ema=config.teacher_reads_ema,
-                            eval_mean_decay=config.eval_mean_decay, seed=config.seed, **network)
+        if config.method == "temporal_ensembling":
+            model = TemporalEnsembling(config.temporal_ensembling, hp,
+                                       num_classes=config.num_classes, width=config.width,
+                                       eval_mean_decay=config.eval_mean_decay, seed=config.seed,
+                                       **network)
+        else:
+            model = MeanTeacher(hp, num_classes=config.num_classes, width=config.width,
+                                teacher_reads_ema=config.teacher_reads_ema,
+                                eval_mean_decay=config.eval_mean_decay, seed=config.seed,
+                                shared_flip=config.shared_flip,
+                                pi_target_gradients=config.pi_target_gradients, **network)
         model.compile(jit_compile=config.jit_compile)
     # Batch 0 builds the model (and, on a fresh run, initialises it); a restore overwrites it.
     model.initialize_from_batch(training_stream(0))

@@ -132,11 +132,13 @@ def test_fit_learns_and_the_teacher_tracks_the_student():
                                rtol=1e-5, atol=1e-5)
 
 
-def test_pi_model_backpropagates_through_the_second_tower():
+@pytest.mark.parametrize("pi_target_gradients", [True, False])
+def test_pi_model_backpropagates_through_the_second_tower(pi_target_gradients):
     """FORMAT.md 2.1: the fixtures cannot see this path (their two towers are equal). With input
-    noise the towers differ; the step's gradient must include the second tower's part."""
+    noise the towers differ; the step's gradient must include the second tower's part (the
+    original's and Laine & Aila's), or leave it out with pi_target_gradients=False."""
     hp = dict(ema_consistency=False, rampup_length=0, input_noise=0.3, max_consistency_cost=50.0)
-    model = make_model(hp=hp)
+    model = make_model(hp=hp, pi_target_gradients=pi_target_gradients)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0))
     x, _ = separable_data(16)
     y = np.full(16, -1, np.int32)  # only the consistency cost: gradient from the Pi path alone
@@ -166,7 +168,29 @@ def test_pi_model_backpropagates_through_the_second_tower():
     restore_draws()
     model.train_on_batch(x, y)  # SGD(1): the kernel moves by minus the gradient it used
     used = k0 - kernel.numpy()
-    np.testing.assert_allclose(used, full, rtol=1e-3, atol=1e-3 * np.abs(full).max())
+    expected = full if pi_target_gradients else stopped
+    np.testing.assert_allclose(used, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("shared_flip", [True, False])
+def test_shared_flip_gives_the_pair_one_flip_per_image(shared_flip):
+    """Without noise, translation or dropout the two Pi towers see the same images exactly when
+    the flip is shared; with a flip per tower they differ (and, through the batch-norm means of
+    the batch, so does every output)."""
+    hp = dict(ema_consistency=False, input_noise=0.0, flip_horizontally=True)
+    model = make_model(hp=hp, shared_flip=shared_flip)
+    x, y = separable_data(32)
+    model.initialize_from_batch(x)
+    _, logits = model.compute_train_step(tf.constant(x), tf.constant(y))
+    differs = np.abs(logits["class_logits_1"].numpy()
+                     - logits["class_logits_2"].numpy()).max(axis=1) > 1e-4
+    if shared_flip:
+        assert not differs.any()
+        # ... and the shared flip is a real one: the step's images are not the inputs.
+        flipped = model.shared_flip_stage(tf.constant(x), training=True).numpy()
+        assert 0 < np.mean([not np.array_equal(f, i) for f, i in zip(flipped, x, strict=True)]) < 1
+    else:
+        assert differs.all()
 
 
 def _seed_generators(model):
