@@ -66,6 +66,14 @@ class RunSettings:
     teacher_reads_ema: str = "pre"
     deterministic: bool = False
     jit_compile: bool = False
+    # "mean_teacher" (also the Pi model and the supervised baseline, by their hyperparameters)
+    # or "temporal_ensembling", with its settings on top of tempens' defaults
+    # (TemporalEnsemblingParams; num_examples, num_labels and minibatch_size come from the data).
+    method: str = "mean_teacher"
+    temporal_ensembling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # Laine & Aila's Pi-model details (MeanTeacher's options of the same names).
+    shared_flip: bool = False
+    pi_target_gradients: bool = True
 
     def describe(self) -> str:
         return f"{self.dataset}_{self.n_labeled}labels_seed{self.data_seed}"
@@ -114,11 +122,18 @@ def _hyperparam_validator(name: str) -> Callable[[Any], bool]:
 
 
 def define_flags(defaults: RunSettings, results_dir: str,
-                 flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines the flags every runner has on `flag_values`, with this runner's defaults."""
+                 flag_values: flags.FlagValues = FLAGS, *,
+                 hyperparams: Sequence[str] | None = None, omit: Sequence[str] = ()) -> None:
+    """Defines the flags every runner has on `flag_values`, with this runner's defaults.
+
+    `hyperparams`: the hyperparameter flags to define (None: every one); `omit`: common flags
+    the runner does not have (a Temporal Ensembling runner has no --teacher_reads_ema).
+    """
     from tensorflow_mean_teacher.hyperparams import HyperParams
 
     for field in dataclasses.fields(HyperParams):
+        if hyperparams is not None and field.name not in hyperparams:
+            continue
         define = {"bool": flags.DEFINE_boolean, "int": flags.DEFINE_integer,
                   "float": flags.DEFINE_float}[field.type]
         value = defaults.hyperparams.get(field.name, field.default)
@@ -127,6 +142,17 @@ def define_flags(defaults: RunSettings, results_dir: str,
         flags.register_validator(field.name, _hyperparam_validator(field.name),
                                  flag_values=flag_values)
     fv = {"flag_values": flag_values}
+    _define_common_flags(defaults, results_dir, fv)
+    for name in omit:
+        delattr(flag_values, name)
+    for name, words in (("n_labeled", ("all",)), ("n_labeled_per_batch", ("vary",))):
+        if name in flag_values:
+            flags.register_validator(
+                name, lambda value, words=words: _is_count_or_word(value, words),
+                message=_count_or_word_allowed(words), flag_values=flag_values)
+
+
+def _define_common_flags(defaults: RunSettings, results_dir: str, fv: dict) -> None:
     flags.DEFINE_string("results_dir", results_dir,
                         "Directory of the run's results; re-running the command resumes it.", **fv)
     flags.DEFINE_string("data_dir", defaults.data_dir,
@@ -163,14 +189,17 @@ def define_flags(defaults: RunSettings, results_dir: str,
                          "Seed everything and use deterministic TensorFlow ops.", **fv)
     flags.DEFINE_boolean("jit_compile", defaults.jit_compile,
                          "Compile the training step with XLA.", **fv)
+    flags.DEFINE_boolean("shared_flip", defaults.shared_flip,
+                         "With --flip_horizontally: one flip per image shared by the towers of "
+                         "a step (Laine & Aila's Pi model), not one per tower.", **fv)
+    flags.DEFINE_boolean("pi_target_gradients", defaults.pi_target_gradients,
+                         "The Pi model's cost also backpropagates through its second branch "
+                         "(the original's MSE cost, and Laine & Aila's); false: a fixed target.",
+                         **fv)
     flags.DEFINE_string("export_dir", None,
                         "Where to export the teacher SavedModel (default: RESULTS_DIR/teacher).",
                         **fv)
     flags.DEFINE_boolean("overwrite_export", False, "Replace a non-empty --export_dir.", **fv)
-    for name, words in (("n_labeled", ("all",)), ("n_labeled_per_batch", ("vary",))):
-        flags.register_validator(
-            name, lambda value, words=words: _is_count_or_word(value, words),
-            message=_count_or_word_allowed(words), flag_values=flag_values)
 
 
 def _is_count_or_word(value: str, words: tuple[str, ...]) -> bool:
@@ -181,24 +210,28 @@ def _is_count_or_word(value: str, words: tuple[str, ...]) -> bool:
     return True
 
 
-def settings_from_flags(base: RunSettings, flag_values: flags.FlagValues = FLAGS
-                        ) -> RunSettings:
+def settings_from_flags(base: RunSettings, flag_values: flags.FlagValues = FLAGS, *,
+                        hyperparams: Sequence[str] | None = None) -> RunSettings:
     """`base` with every flag that was given on the command line applied, checked as far as
-    it can be without the data (FlagError naming the flag otherwise)."""
+    it can be without the data (FlagError naming the flag otherwise). `hyperparams`: the
+    hyperparameter flags the runner defined (`define_flags`; None: every one)."""
     from tensorflow_mean_teacher.hyperparams import HyperParams
 
+    names = HyperParams.names() if hyperparams is None else hyperparams
+    given = {name: flag_values[name].value for name in names}
     hyperparams = dict(base.hyperparams)
     for field in dataclasses.fields(HyperParams):
-        if flag_values[field.name].value is not None:
+        if given.get(field.name) is not None:
             hyperparams[field.name] = flag_values[field.name].value
     changes: dict[str, Any] = {"hyperparams": hyperparams}
     for name in ("data_seed", "test_phase", "batch_size", "width", "eval_mean_decay",
-                 "data_source", "data_dir", "teacher_reads_ema", "deterministic", "jit_compile"):
-        if flag_values[name].present:
+                 "data_source", "data_dir", "teacher_reads_ema", "deterministic", "jit_compile",
+                 "shared_flip", "pi_target_gradients"):
+        if name in flag_values and flag_values[name].present:
             changes[name] = flag_values[name].value
     if flag_values["n_labeled"].present:
         changes["n_labeled"] = _parse_count_or_word(("all",))(flag_values.n_labeled)
-    if flag_values["n_labeled_per_batch"].present:
+    if "n_labeled_per_batch" in flag_values and flag_values["n_labeled_per_batch"].present:
         changes["n_labeled_per_batch"] = _parse_count_or_word(("vary",))(
             flag_values.n_labeled_per_batch)
     HyperParams.from_dict(hyperparams)  # a bad value fails here, before any data is loaded
@@ -213,12 +246,13 @@ def _check_settings(settings: RunSettings, flag_values: flags.FlagValues) -> Non
 
     def named(name: str) -> str:
         value = getattr(settings, name)
-        given = "" if flag_values[name].present else " (the runner's value)"
+        given = "" if name in flag_values and flag_values[name].present \
+            else " (the runner's value)"
         return f"--{name}={value}{given}"
 
     per_batch = settings.n_labeled_per_batch
     if per_batch != "vary" and per_batch > settings.batch_size:
-        if flag_values["n_labeled_per_batch"].present:
+        if "n_labeled_per_batch" in flag_values and flag_values["n_labeled_per_batch"].present:
             raise FlagError(f"{named('n_labeled_per_batch')}: must be 'vary' or from 1 to the "
                             f"batch size, {named('batch_size')}")
         raise FlagError(f"{named('batch_size')}: must be at least the labeled examples per "
@@ -308,24 +342,41 @@ def _execute_locked(settings, results_dir, data, data_record, strategy, export_d
         data = load_data(settings)
     elif callable(data):
         data = data()
-    hyperparams = HyperParams.from_dict(
-        {"normalize_input": data.normalize_input, **settings.hyperparams})
     check_dataset(data.train_images, data.train_labels, data.num_classes, what="training")
     check_dataset(data.eval_images, data.eval_labels, data.num_classes, what="evaluation",
                   image_shape=data.image_shape)
+    hyperparams = {"normalize_input": data.normalize_input, **settings.hyperparams}
+    method_options: dict[str, Any] = {}
+    if settings.method == "temporal_ensembling":
+        from tensorflow_mean_teacher.temporal_ensembling_params import TemporalEnsemblingParams
+
+        params = TemporalEnsemblingParams.from_dict({
+            "num_examples": len(data.train_labels), "num_labels": data.n_labeled,
+            "minibatch_size": settings.batch_size, **settings.temporal_ensembling})
+        # An evaluation (and a log row) per epoch, as tempens; the length is its num_epochs.
+        steps = params.steps_per_epoch
+        hyperparams = {"evaluation_span": steps, "print_span": steps, **hyperparams,
+                       "training_length": params.training_length}
+        method_options = {"method": settings.method, "temporal_ensembling": params}
     config = RunConfig(
-        hyperparams=hyperparams, batch_size=settings.batch_size, seed=settings.data_seed,
-        width=settings.width, num_classes=data.num_classes,
+        hyperparams=HyperParams.from_dict(hyperparams), batch_size=settings.batch_size,
+        seed=settings.data_seed, width=settings.width, num_classes=data.num_classes,
         eval_mean_decay=settings.eval_mean_decay, teacher_reads_ema=settings.teacher_reads_ema,
         deterministic=settings.deterministic, jit_compile=settings.jit_compile,
+        shared_flip=settings.shared_flip, pi_target_gradients=settings.pi_target_gradients,
         data={**data_description(settings),
               **((data_record(data) if callable(data_record) else data_record) or {})},
+        **method_options,
     )
 
     # One host copy of the images serves every stream of the run (a new one per `fit` call).
     train_images = datasets.host_images(data.train_images)
 
     def stream(skip_batches: int):
+        if settings.method == "temporal_ensembling":
+            return datasets.epoch_dataset(train_images, data.train_labels,
+                                          batch_size=settings.batch_size,
+                                          seed=settings.data_seed, skip_batches=skip_batches)
         return datasets.training_dataset(
             train_images, data.train_labels, batch_size=settings.batch_size,
             n_labeled_per_batch=settings.n_labeled_per_batch, seed=settings.data_seed,
@@ -543,7 +594,8 @@ def plan_runs(flag_values: flags.FlagValues, named_settings: Sequence[tuple[str,
         PlannedRun(name=name, settings=settings, results_dir=root / name,
                    export_dir=None if export_root is None else Path(export_root) / name,
                    overwrite_export=flag_values.overwrite_export,
-                   distribute=flag_values.distribute, data_options=dict(data_options or {}))
+                   distribute=flag_values.distribute if "distribute" in flag_values else "none",
+                   data_options=dict(data_options or {}))
         for name, settings in named_settings)
     return Plan(results_dir=root, runs=runs, **plan_options)
 

@@ -151,9 +151,17 @@ def test_paper_results_file():
     keys = [(e["dataset"], e["n_labeled"], e["model"]) for e in paper["results"]]
     assert len(keys) == len(set(keys))
     for entry in paper["results"]:
-        assert entry["table"] == {"svhn": "Table 1", "cifar10": "Table 2"}[entry["dataset"]]
-        assert entry["model"] in ("mean_teacher", "pi", "supervised")
+        if entry["model"] == "temporal_ensembling":  # Laine & Aila's own figures
+            assert entry["table"] == "Laine & Aila 2017"
+        else:
+            assert entry["table"] == {"svhn": "Table 1", "cifar10": "Table 2"}[entry["dataset"]]
+            assert entry["model"] in ("mean_teacher", "pi", "supervised")
         assert 0 < entry["std"] < entry["error"] < 50
+    assert "arXiv:1610.02242" in paper["source"]
+    te = {(e["dataset"], e["n_labeled"]): (e["error"], e["std"]) for e in paper["results"]
+          if e["model"] == "temporal_ensembling"}
+    assert te == {("cifar10", 4000): (12.16, 0.24), ("svhn", 500): (5.12, 0.13),
+                  ("svhn", 1000): (4.42, 0.16)}
     by_key = {key: e["error"] for key, e in zip(keys, paper["results"], strict=True)}
     for dataset, n_labeled in [("svhn", 250), ("cifar10", 1000), ("cifar10", 4000)]:
         assert (by_key[(dataset, n_labeled, "mean_teacher")] < by_key[(dataset, n_labeled, "pi")]
