@@ -3,24 +3,38 @@
     python -m runners.report results/
     python -m runners.report results/svhn_final_eval results/svhn_supervised_final_eval
     python -m runners.report results/ --format csv      # or json
+    python -m runners.report results/ --plot errors.png # and a plot of error against step
 
 Every directory under the given roots that holds a `results.json` beside a `config.json` (what
 a finished run writes) is one run. Runs are grouped by setting: dataset, number of labels,
-model (mean_teacher, pi, or supervised: no consistency cost and labeled-only minibatches), and
-every other setting whose value differs within the collection (e.g. translate, test_phase,
-training_length); data seeds are what a group averages over.
+model (mean_teacher, pi, supervised: no consistency cost and labeled-only minibatches, or
+temporal_ensembling: a config with "method": "temporal_ensembling"), and every other setting
+whose value differs within the collection (e.g. translate, test_phase, training_length); data
+seeds are what a group averages over.
 
 For each setting: the number of seeds, the final error of the teacher (the EMA model,
 `eval/error/ema`) and of the student (`eval/error/1`) in percent, mean ± sample standard
 deviation, and the figure of the paper (Tarvainen & Valpola, NIPS 2017, Tables 1 and 2;
-runners/data/paper_results.json) where the setting is the paper's. Exits with status 1 if no
-finished run is found, 2 (one `error:` line) if a root is not a directory, none is given, or a
-flag is bad (`--format=xml`). It runs without TensorFlow.
+runners/data/paper_results.json) where the setting is the paper's. Temporal Ensembling has no
+teacher: its runs log their student's error as `eval/error/ema` too.
+
+`--plot PATH` also writes a PNG of the error (`eval/error/ema`, percent) against training step
+of the same groups, from each run's `validation_log.csv` (`runners.plots`: a line per group, the
+mean over its seeds, and a band from the lowest to the highest seed), labelled by model, plus
+the differing settings where several groups have the same model; then prints `plot: PATH`
+after the table (on stderr with --format csv or json, which keep stdout parseable). PATH must
+end in .png and be in an existing directory; it is refused before any run is read. Plotting
+needs matplotlib, imported only then.
+
+Exits with status 1 if no finished run is found, 2 (one `error:` line) if a root is not a
+directory, none is given, a flag is bad (`--format=xml`, `--plot=nowhere/errors.png`) or a run
+to plot has no readable validation log. It runs without TensorFlow.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -40,9 +54,9 @@ PAPER_RESULTS = Path(__file__).parent / "data" / "paper_results.json"
 # Always shown; together with the settings that differ, they define a group.
 FIXED_FIELDS = ("dataset", "n_labeled", "model")
 # Settings that never tell experiments apart (logging, seeds, how the run was executed), and
-# ema_consistency, which the model column already shows.
-IGNORED_FIELDS = {"print_span", "evaluation_span", "ema_consistency", "seed", "data_seed",
-                  "deterministic", "jit_compile"}
+# ema_consistency and method, which the model column already shows.
+IGNORED_FIELDS = {"print_span", "evaluation_span", "ema_consistency", "method", "seed",
+                  "data_seed", "deterministic", "jit_compile"}
 
 FORMATS = ("table", "csv", "json")
 
@@ -62,7 +76,9 @@ class Run:
 
 
 def model_name(config: dict) -> str:
-    """'supervised', 'mean_teacher' or 'pi' from a run's config.json."""
+    """'temporal_ensembling', 'supervised', 'mean_teacher' or 'pi' from a run's config.json."""
+    if config.get("method") == "temporal_ensembling":
+        return "temporal_ensembling"
     hyperparams = config.get("hyperparams", {})
     data = config.get("data", {})
     if (hyperparams.get("max_consistency_cost") == 0
@@ -79,8 +95,13 @@ def run_fields(config: dict) -> dict[str, Any]:
     for key, value in data.items():
         fields.setdefault(key, value)
     for key, value in config.items():
-        if key not in ("data", "hyperparams"):
+        if key not in ("data", "hyperparams", "temporal_ensembling"):
             fields.setdefault(key, value)
+    # Temporal Ensembling's settings, one field each (those of the data excepted: the dataset
+    # and n_labeled show them).
+    for key, value in (config.get("temporal_ensembling") or {}).items():
+        if key not in ("num_examples", "num_labels", "minibatch_size"):
+            fields.setdefault(f"te_{key}", value)
     for key, value in config.get("hyperparams", {}).items():
         fields.setdefault(key, value)
     return {key: value for key, value in fields.items() if key not in IGNORED_FIELDS}
@@ -222,6 +243,9 @@ def format_table(fields: Sequence[str], summaries: Sequence[dict], roots: Sequen
         "shown for test-set runs with the paper's augmentation and no extra unlabeled images.",
         f"       {paper['citation']}",
     ]
+    if any(s["model"] == "temporal_ensembling" for s in summaries):
+        lines.insert(-2, "temporal_ensembling has no teacher: its teacher column is its "
+                         "student's error.")
     return "\n".join(lines)
 
 
@@ -251,8 +275,39 @@ def format_json(fields: Sequence[str], summaries: Sequence[dict], roots: Sequenc
                        "settings": list(summaries)}, indent=2, sort_keys=True)
 
 
-def report(roots: Sequence[str], output_format: str = "table") -> str:
-    """The report of the runs under `roots`; ReportError if there is none."""
+def plot_groups(fields: Sequence[str], summaries: Sequence[dict]) -> dict[str, list[Path]]:
+    """{label: run directories} per setting, as `summarise` groups them. The label is the
+    model, plus `name=value` for each grouping field whose value differs between the settings
+    of that model (when there are several)."""
+    by_model: dict[Any, list[dict]] = {}
+    for summary in summaries:
+        by_model.setdefault(summary["model"], []).append(summary)
+    groups = {}
+    for summary in summaries:
+        same_model = by_model[summary["model"]]
+        differing = [name for name in fields if name != "model" and len(
+            {_canonical(other[name]) for other in same_model}) > 1]
+        label = ", ".join([str(summary["model"]),
+                           *(f"{name}={summary[name]}" for name in differing)])
+        groups[label] = [Path(run) for run in summary["runs"]]
+    return groups
+
+
+def plot_title(summaries: Sequence[dict]) -> str:
+    datasets = {(s["dataset"], s["n_labeled"]) for s in summaries}
+    if len(datasets) == 1:
+        ((dataset, n_labeled),) = datasets
+        where = f"{dataset}, {n_labeled} labels"
+    else:
+        where = f"{len(datasets)} datasets and label counts"
+    n_runs = sum(len(s["runs"]) for s in summaries)
+    return f"{where}: error against training step ({n_runs} runs)"
+
+
+def report(roots: Sequence[str], output_format: str = "table", *,
+           plot: str | Path | None = None) -> str:
+    """The report of the runs under `roots`; ReportError if there is none. With `plot`, also
+    writes the PNG of their error curves there (`runners.plots.error_curves`)."""
     runs = find_runs(roots)
     if not runs:
         raise ReportError(
@@ -260,6 +315,10 @@ def report(roots: Sequence[str], output_format: str = "table") -> str:
             "config.json", exit_code=1)
     paper = load_paper_results()
     fields, summaries = summarise(runs, paper)
+    if plot is not None:
+        from runners import plots  # matplotlib, only to plot
+
+        plots.error_curves(plot_groups(fields, summaries), plot, title=plot_title(summaries))
     if output_format == "csv":
         return format_csv(fields, summaries)
     if output_format == "json":
@@ -269,15 +328,41 @@ def report(roots: Sequence[str], output_format: str = "table") -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a report command will do: read the runs under `roots`, print them as `format`."""
+    """What a report command will do: read the runs under `roots`, print them as `format`,
+    and with `plot` write the PNG of their error curves there."""
 
     roots: tuple[str, ...]
     format: str = "table"
+    plot: str | None = None
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_enum("format", "table", list(FORMATS), "Output format.",
                       flag_values=flag_values)
+    flags.DEFINE_string("plot", None, "Also write a PNG of the error against training step of "
+                        "each setting (mean and min..max band over seeds) to this .png path.",
+                        flag_values=flag_values)
+
+
+def check_plot_path(value: str) -> None:
+    """ReportError unless `value` is a .png path in an existing directory (not a directory
+    itself), and matplotlib can be imported; reads nothing."""
+    path = Path(value)
+    if path.suffix.lower() != ".png":
+        raise ReportError(f"--plot={value}: must be a .png file")
+    if path.is_dir():
+        raise ReportError(f"--plot={value}: must be a file, but it is a directory")
+    parent = path.parent
+    if not parent.is_dir():
+        existing = next((p for p in parent.parents if p.exists()), None)
+        if parent.exists() or (existing is not None and not existing.is_dir()):
+            file = parent if parent.exists() else existing
+            raise ReportError(f"--plot={value}: must be in a directory, but {file} is a file")
+        raise ReportError(f"--plot={value}: must be in an existing directory, but {parent} "
+                          "does not exist")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ReportError(f"--plot={value}: plotting needs matplotlib: "
+                          "pip install 'matplotlib>=3.7'")
 
 
 def plan(flag_values: flags.FlagValues, args: Sequence[str]) -> Plan:
@@ -285,14 +370,21 @@ def plan(flag_values: flags.FlagValues, args: Sequence[str]) -> Plan:
     if not args:
         raise ReportError("give one or more results directories, e.g. "
                           "python -m runners.report results/")
+    if flag_values.plot is not None:
+        check_plot_path(flag_values.plot)
     for root in args:
         if not Path(root).is_dir():
             raise ReportError(f"{root} is not a directory")
-    return Plan(roots=tuple(args), format=flag_values.format)
+    return Plan(roots=tuple(args), format=flag_values.format, plot=flag_values.plot)
 
 
 def execute(planned: Plan) -> None:
-    print(report(list(planned.roots), planned.format))
+    if planned.plot is None:
+        print(report(list(planned.roots), planned.format))
+        return
+    print(report(list(planned.roots), planned.format, plot=planned.plot))
+    # After the table; csv and json keep stdout to themselves.
+    print(f"plot: {planned.plot}", file=sys.stdout if planned.format == "table" else sys.stderr)
 
 
 RUNNER = common.Runner(define_flags, plan, execute)

@@ -22,6 +22,7 @@ import fnmatch
 import functools
 import importlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -35,7 +36,7 @@ import keras
 import pytest
 from absl import flags
 
-from runners import common, grid, report
+from runners import common, compare, grid, plots, report
 from tensorflow_mean_teacher.hyperparams import HyperParams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -290,6 +291,19 @@ PROBES: dict[str, Probe | Callable[[Context], Probe | Refused]] = {
     "teacher_reads_ema": setting("teacher_reads_ema", "post"),
     "deterministic": flip("settings/deterministic"),
     "jit_compile": flip("settings/jit_compile"),
+    "shared_flip": flip("settings/shared_flip"),
+    "pi_target_gradients": flip("settings/pi_target_gradients"),
+    # The Temporal Ensembling runners' (runners.tempens), under tempens' names.
+    "num_epochs": runs("settings/temporal_ensembling/num_epochs", 7),
+    "learning_rate_max": runs("settings/temporal_ensembling/learning_rate_max", 0.0125),
+    "unsup_weight_max": runs("settings/temporal_ensembling/unsup_weight_max", 7.5),
+    "prediction_decay": runs("settings/temporal_ensembling/prediction_decay", 0.25),
+    "adam_beta1": runs("settings/temporal_ensembling/adam_beta1", 0.25),
+    "rampdown_beta1_target": runs("settings/temporal_ensembling/rampdown_beta1_target", 0.25),
+    "adam_beta2": runs("settings/temporal_ensembling/adam_beta2", 0.25),
+    # runners.compare's.
+    "seeds": Probe(("--seeds=4,5",), {"seeds": (4, 5)}),
+    "methods": Probe(("--methods=pi,mean_teacher",), {"methods": ("pi", "mean_teacher")}),
     # The grid runners' (runners.grid.define_flags).
     "cell": selects(lambda ctx: ("--cell=1", "--cell=3-4"),
                     lambda ctx: [ctx.grid.cells[i].name for i in (1, 3, 4)]),
@@ -307,6 +321,7 @@ PROBES: dict[str, Probe | Callable[[Context], Probe | Refused]] = {
                              {"runs/*/data_options/validation_size": 0.25}),
     # runners.report's.
     "format": Probe(("--format=csv",), {"format": "csv"}),
+    "plot": Probe(("--plot=out.png",), {"plot": "out.png"}),
 }
 
 # Where a runner gives a flag another meaning, or cannot apply it.
@@ -330,6 +345,14 @@ RUNNER_PROBES = {
                                            "--data_source=tfds: must be files"),
     ("train_images", "data_source"): Refused(("--data_source=tfds",),
                                              "--data_source=tfds: must be files"),
+    # runners.compare: one results directory (and the plot in it by default) for all its runs.
+    ("compare", "results_dir"): Probe(("--results_dir=elsewhere",), {
+        "results_dir": "elsewhere", "plot": os.path.join("elsewhere", "comparison.png")}),
+    ("compare", "plot"): Probe(("--plot=there.png",), {"plot": "there.png"}),
+    # tempens' settings in epochs, and its own Adam's epsilon.
+    **{(runner, name): runs(f"settings/temporal_ensembling/{name}", value)
+       for runner in ("tempens_cifar10_4000", "tempens_svhn_500", "tempens_svhn_1000")
+       for name, value in (("rampup_length", 7), ("rampdown_length", 7), ("adam_epsilon", 0.001))},
     ("train_images", "test_phase"): Refused(("--test_phase",),
                                             "--test_phase: evaluates on a test set: pass it as "
                                             "--eval_dir DIR"),
@@ -416,6 +439,10 @@ BAD: dict[str, list[tuple[str, str, str]]] = {
                    for value in ("28,abc", "0", "1,2,3")],
     "validation_size": [(value, f"--validation_size={value}: ", "must be a number of images")
                         for value in ("ten", "0", "1.5")],
+    "plot": [("out.jpg", "--plot=out.jpg: ", "must be a .png file")],
+    "seeds": [(value, f"--seeds={value}: ", "must be a comma-separated list of integers")
+              for value in ("x", "1,1", "-1")],
+    "methods": [("nope", "--methods=nope: ", "must be a comma-separated list of supervised")],
     "cell": [("9999", "--cell=9999: ", "no cell 9999"),
              ("x", "--cell=x: ", "must be a cell index"), ("4-1", "--cell=4-1: ", "is empty")],
     "only": [("nokey=1", "--only=nokey=1: ", "must be KEY=VALUE with KEY one of"),
@@ -464,7 +491,7 @@ def test_unknown_flags_and_stray_arguments_are_refused(runner, nothing_executes)
 
 
 def test_every_runner_has_flags_and_the_shared_entry_point():
-    assert len(RUNNER_NAMES) == 19 and {"quickstart", "report", "train_images"} <= set(
+    assert len(RUNNER_NAMES) == 23 and {"quickstart", "report", "train_images"} <= set(
         RUNNER_NAMES)
     for name in RUNNER_NAMES:
         source = (REPO / "runners" / f"{name}.py").read_text()
@@ -480,16 +507,25 @@ def test_every_runner_has_flags_and_the_shared_entry_point():
 def test_the_program_executes_exactly_its_plan(runner, monkeypatch, workdir):
     """`main` does what the plan says: each planned run reaches `common.execute` once, in
     order, with the plan's settings, directories and options (and report its roots, format)."""
-    args = ["--format=json"] if runner == "report" else [
-        "--training_length=7", "--export_dir=exported", "--distribute=mirrored",
-        *(["--cell=0-1"] if grid_of(runner) else [])]
+    tempens = runner.startswith("tempens_")
+    if runner == "report":
+        args = ["--format=json"]
+    elif runner == "compare":
+        args = ["--seeds=3", "--methods=temporal_ensembling,pi"]
+    elif tempens:  # no --distribute (one device), tempens' length in epochs
+        args = ["--num_epochs=7", "--export_dir=exported"]
+    else:
+        args = ["--training_length=7", "--export_dir=exported", "--distribute=mirrored",
+                *(["--cell=0-1"] if grid_of(runner) else [])]
     calls = []
 
     def execute(settings, results_dir, **options):
         calls.append((settings, Path(results_dir), options))
-        return {"teacher_error": 0.1, "student_error": 0.2, "n_labeled": 20, "step": 7}
+        return {"teacher_error": 0.1, "student_error": 0.2, "n_labeled": 20, "step": 7,
+                "eval/error/1": 0.2, "eval/error/ema": 0.1}
 
     monkeypatch.setattr(common, "execute", execute)
+    monkeypatch.setattr(plots, "error_curves", lambda groups, path, **options: path)
     monkeypatch.setattr(keras.backend, "clear_session", lambda: None)  # after each grid cell
     monkeypatch.setattr(report, "report", lambda roots, output_format: calls.append(
         (roots, output_format)) or "the report")
@@ -500,13 +536,25 @@ def test_the_program_executes_exactly_its_plan(runner, monkeypatch, workdir):
     if runner == "report":
         assert calls == [(["results"], "json")] and out.getvalue() == "the report\n"
         return
+    if runner == "compare":  # the methods in their fixed order, each on the seed's data
+        assert [(settings, results_dir) for settings, results_dir, _ in calls] == [
+            (dataclasses.replace(compare.SETTINGS[method], data_seed=3),
+             Path("results/compare") / method / "seed3") for method in plan.methods]
+        assert plan.methods == ("pi", "temporal_ensembling")
+        assert json.loads(out.getvalue().strip().splitlines()[-1]) == {
+            "pi": 0.2, "temporal_ensembling": 0.2, "plot": str(plan.plot)}
+        return
     assert len(calls) == len(plan.runs) >= 1
     for (settings, results_dir, options), run in zip(calls, plan.runs, strict=True):
-        assert settings == run.settings and settings.hyperparams["training_length"] == 7
+        assert settings == run.settings
+        if tempens:
+            assert settings.temporal_ensembling["num_epochs"] == 7
+        else:
+            assert settings.hyperparams["training_length"] == 7
         assert results_dir == run.results_dir
         assert {key: options[key] for key in ("distribute", "export_dir", "overwrite_export")} \
-            == {"distribute": "mirrored", "export_dir": Path("exported") / run.name,
-                "overwrite_export": False}
+            == {"distribute": "none" if tempens else "mirrored",
+                "export_dir": Path("exported") / run.name, "overwrite_export": False}
     assert out.getvalue().strip().splitlines()[-1].startswith("{")  # the JSON summary
 
 
