@@ -65,6 +65,19 @@ def test_the_own_network_example_runs(tmp_path):
     assert (tmp_path / "teacher" / "saved_model.pb").exists()
 
 
+def test_the_temporal_ensembling_example_runs():
+    section = README.split("## Temporal Ensembling, and four methods side by side", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    for old, new in (("num_epochs=64", "num_epochs=2"), ("epochs=64)", "epochs=2)"),
+                     ("width=16", "width=4")):
+        assert old in code, old
+        code = code.replace(old, new)
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                               text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert 0.0 <= float(completed.stdout.strip().splitlines()[-1]) <= 1.0
+
+
 def fault_inventory():
     """The rows (fault, behaviour, test) of the README's fault inventory table."""
     section = README.split("### Faults and bad input", 1)[1].split("\n#", 1)[0]
