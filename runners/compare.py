@@ -1,7 +1,7 @@
 """Supervised-only, the Pi model, Temporal Ensembling and Mean Teacher side by side, on the bundled
 digits, over several seeds: a table and a plot.
 
-    python -m runners.compare                       # 4 methods x 3 seeds, about 20 minutes here
+    python -m runners.compare                       # 4 methods x 3 seeds, 15 to 25 minutes here
     python -m runners.compare --seeds=0,1,2,3,4 --methods=mean_teacher,temporal_ensembling
 
 Every run sees the same 20 labels of its seed (`--seeds` are data seeds: the labeled subset and
@@ -112,6 +112,13 @@ def plan(flag_values: flags.FlagValues, args: Sequence[str]) -> Plan:
         raise common.FlagError(f"--plot={plot}: must be a .png file")
     if plot.exists() and plot.is_dir():
         raise common.FlagError(f"--plot={plot}: must be a file, but it is a directory")
+    if flag_values.plot and not plot.parent.is_dir():  # (the default's is made by the runs)
+        raise common.FlagError(f"--plot={plot}: its directory {plot.parent} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise common.FlagError("--plot: drawing needs matplotlib (pip install -r "
+                               "requirements.txt)") from None
     return Plan(results_dir, tuple(m for m in METHODS if m in methods), seeds, plot)
 
 

@@ -67,6 +67,10 @@ def define_flags(defaults: common.RunSettings, results_dir: str,
                         omit=OMITTED_FLAGS)
     from tensorflow_mean_teacher.temporal_ensembling_params import TemporalEnsemblingParams
 
+    # The common help texts of these flags name Mean Teacher's defaults.
+    flag_values["print_span"].help = "Steps between two training log rows (default: one epoch)."
+    flag_values["evaluation_span"].help = "Steps between two evaluations (default: one epoch)."
+    flag_values["batch_size"].help = "Minibatch size (tempens' minibatch_size)."
     base = TemporalEnsemblingParams()
     for name, (define, help_text) in SETTING_FLAGS.items():
         value = defaults.temporal_ensembling.get(name, getattr(base, name))

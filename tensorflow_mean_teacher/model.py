@@ -346,6 +346,9 @@ class MeanTeacher(keras.Model):
             # Every variable (and the optimizer's, if compiled) made by `build`, as
             # `load_model` makes them (`build_from_config`): same variables, same paths.
             self.build((None, *images.shape[1:]))
+        if self.shared_flip_stage is not None:
+            # The towers do not flip: the initialisation batch is flipped as a step's would be.
+            images = self.shared_flip_stage(images, training=True)
         if self.requires_initialization:
             # Under a tf.distribute strategy the init runs on the whole batch, so every replica
             # gets the same weights.
@@ -434,7 +437,16 @@ class MeanTeacher(keras.Model):
 
     def evaluate(self, x=None, *args, **kwargs):
         self._require_initialized("evaluate", x)
-        return super().evaluate(x, *args, **kwargs)
+        # Keras' evaluate resets every metric, the training means too. `fit` evaluates at an
+        # epoch's end (and where a finite stream runs dry, within a log span): keep the
+        # training means, so that the checkpoint written after it holds them and a resumed
+        # run logs the uninterrupted run's next row.
+        kept = [(v, v.numpy()) for tracker in self.train_metrics for v in tracker.variables]
+        try:
+            return super().evaluate(x, *args, **kwargs)
+        finally:
+            for variable, value in kept:
+                variable.assign(value)
 
     def predict(self, x, *args, **kwargs):
         self._require_initialized("predict", x)

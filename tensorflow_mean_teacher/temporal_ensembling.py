@@ -37,9 +37,10 @@ from tensorflow_mean_teacher.temporal_ensembling_params import (
 )
 
 TRAIN_METRIC_NAMES = ("train/error/1", "train/class_cost/1", "train/cons_cost/te")
-# MeanTeacher's options without a meaning here (its saved config holds them).
-MEAN_TEACHER_ONLY = ("teacher_reads_ema", "teacher_state", "compute_pi_branch", "shared_flip",
-                     "pi_target_gradients")
+# MeanTeacher's options without a meaning here, and their defaults.
+MEAN_TEACHER_ONLY = {"teacher_reads_ema": "pre", "teacher_state": "own",
+                     "compute_pi_branch": None, "shared_flip": False,
+                     "pi_target_gradients": True}
 
 
 @keras.saving.register_keras_serializable(package="tensorflow_mean_teacher")
@@ -77,9 +78,12 @@ class TemporalEnsembling(MeanTeacher):
         if hyperparams.num_logits != 1:
             raise ValueError("Temporal Ensembling uses one output head. "
                              f"Received: num_logits={hyperparams.num_logits}")
-        # The Mean Teacher options that have no meaning here (a saved config holds them).
-        for name in MEAN_TEACHER_ONLY:
-            kwargs.pop(name, None)
+        # Mean Teacher's options mean nothing here: refused unless at their defaults.
+        for name, default in MEAN_TEACHER_ONLY.items():
+            value = kwargs.pop(name, default)
+            if value != default:
+                raise ValueError(f"{name} is a Mean Teacher option; Temporal Ensembling has one "
+                                 f"tower and no teacher. Received: {name}={value!r}")
         kwargs.setdefault("name", "temporal_ensembling")
         super().__init__(hyperparams.replace(ema_consistency=True), student=student,
                          num_classes=num_classes, image_shape=image_shape, width=width,
@@ -104,11 +108,13 @@ class TemporalEnsembling(MeanTeacher):
         if self.ensemble is None:
             shape = (self.params.num_examples, self.num_classes)
             # float64, as the original's numpy arrays: the targets then match its to the bit.
+            # autocast=False: never read as float16 under mixed precision.
             self.ensemble = self.add_weight(name="ensemble", shape=shape, dtype="float64",
-                                            initializer="zeros", trainable=False)
+                                            initializer="zeros", trainable=False,
+                                            autocast=False)
             self.epoch_predictions = self.add_weight(
                 name="epoch_predictions", shape=shape, dtype="float64", initializer="zeros",
-                trainable=False)
+                trainable=False, autocast=False)
 
     def default_optimizer(self) -> TF1Adam:
         """tempens' Adam: scheduled learning rate and beta1, bias correction with beta ** t."""
@@ -201,8 +207,9 @@ class TemporalEnsembling(MeanTeacher):
         if not (isinstance(data, (tuple, list)) and len(data) == 3):
             raise ValueError(
                 "TemporalEnsembling trains on (images, labels, indices) batches (see "
-                f"datasets.epoch_dataset). Received: {type(data).__name__} of "
-                f"{len(data) if isinstance(data, (tuple, list)) else 1} element(s)")
+                "datasets.epoch_dataset). Received: "
+                + (f"a {type(data).__name__} of {len(data)} elements"
+                   if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"))
         images, labels, indices = data
         values, _ = self.compute_train_step(images, labels, indices)
         n_labeled = tf.reduce_sum(tf.cast(losses.labeled_mask(tf.cast(labels, tf.int32)),

@@ -89,8 +89,8 @@ class TemporalEnsemblingParams:
 
     @property
     def scaled_unsup_weight_max(self) -> float:
-        """w_max * M / N, as the original (in float64, before the per-epoch ramp)."""
-        return self.unsup_weight_max * self.num_labels / self.num_examples
+        """w_max * M / N in float64, in the original's order: w_max * (M / N)."""
+        return self.unsup_weight_max * (self.num_labels / self.num_examples)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TemporalEnsemblingParams:

@@ -90,7 +90,13 @@ class RunConfig:
             return
         if params is None:
             raise ValueError("method='temporal_ensembling' needs its settings "
-                             "(temporal_ensembling=TemporalEnsemblingParams(...)).")
+                             "(temporal_ensembling=TemporalEnsemblingParams(...)). Received: "
+                             "temporal_ensembling=None")
+        for name, default in (("teacher_reads_ema", "pre"), ("shared_flip", False),
+                              ("pi_target_gradients", True)):
+            if getattr(self, name) != default:
+                raise ValueError(f"{name} is a Mean Teacher setting; Temporal Ensembling has one "
+                                 f"tower and no teacher. Received: {name}={getattr(self, name)!r}")
         if isinstance(params, Mapping):
             params = TemporalEnsemblingParams.from_dict(params)
             object.__setattr__(self, "temporal_ensembling", params)

@@ -4,7 +4,9 @@ Tiny on purpose: ConvLarge of width 8 on 16x16 images, N = 40 examples in miniba
 (3 steps an epoch, 4 rows of each epoch's permutation dropped), 4 classes.
 """
 
+import dataclasses
 import json
+import signal
 
 import keras
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import datasets
-from tensorflow_mean_teacher.callbacks import TrainStreamEnded
+from tensorflow_mean_teacher.callbacks import RunInterrupted, TrainStreamEnded
 from tensorflow_mean_teacher.hyperparams import HyperParams
 from tensorflow_mean_teacher.optimizer import TF1Adam
 from tensorflow_mean_teacher.temporal_ensembling import TemporalEnsembling
@@ -21,7 +23,7 @@ from tensorflow_mean_teacher.temporal_ensembling_params import (
     TemporalEnsemblingSchedule,
 )
 from tensorflow_mean_teacher.training import RunConfig, train
-from tests.test_training import checkpoint_state, logs_without_timing
+from tests.test_training import SendSignal, checkpoint_state, logs_without_timing
 
 N, LABELED, BATCH, CLASSES = 40, 12, 12, 4
 STEPS = N // BATCH  # 3 steps an epoch; N - STEPS * BATCH = 4 rows dropped from each epoch
@@ -404,35 +406,57 @@ def streams():
     return stream, evaluation
 
 
-def test_a_run_killed_within_an_epoch_resumes_bit_equal(tmp_path):
-    """The stream runs dry after step 7: one batch into epoch 2 (steps 7 to 9), between the
-    evaluations at 5 and 10. The rerun ends as the uninterrupted run: weights, optimizer, the
-    ensemble, this epoch's predictions, random states, logs."""
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
     stream, evaluation = streams()
-    quiet = dict(console=lambda _: None)
-    whole = train(run_config(), stream, evaluation, tmp_path / "whole", **quiet)
-    assert whole["step"] == 12
+    directory = tmp_path_factory.mktemp("whole")
+    results = train(run_config(), stream, evaluation, directory, console=lambda _: None)
+    assert results["step"] == 12
+    return directory, results
 
+
+def interrupt_by_signal(stream, evaluation, directory):
+    # Sent after step 6, handled at the next batch end: step 7 is checkpointed.
+    with pytest.raises(RunInterrupted) as stopped:
+        train(run_config(), stream, evaluation, directory, console=lambda _: None,
+              callbacks=[SendSignal(6, signal.SIGTERM)])
+    assert stopped.value.step == 7 and stopped.value.checkpoint.endswith("ckpt-7")
+
+
+def interrupt_by_a_dry_stream(stream, evaluation, directory):
     def dry_stream(skip):  # batch 0 (initialisation) and steps 1..7
         return stream(skip).take(max(0, 8 - skip))
 
     with pytest.raises(TrainStreamEnded, match="ended at step 7, before training_length=12"):
-        train(run_config(), dry_stream, evaluation, tmp_path / "cut", **quiet)
-    assert not (tmp_path / "cut" / "results.json").exists()
-    at_cut = tf.train.load_checkpoint(str(tmp_path / "cut" / "checkpoints" / "ckpt-7"))
+        train(run_config(), dry_stream, evaluation, directory, console=lambda _: None)
+
+
+@pytest.mark.parametrize("interrupt", [interrupt_by_signal, interrupt_by_a_dry_stream],
+                         ids=["sigterm", "dry-stream"])
+def test_a_run_interrupted_within_an_epoch_resumes_bit_equal(tmp_path, uninterrupted_run,
+                                                             interrupt):
+    """Interrupted after step 7: one batch into epoch 2 (steps 7 to 9), between the evaluations
+    at 5 and 10. The rerun ends as the uninterrupted run: weights, optimizer, the ensemble, this
+    epoch's predictions, random states (and, after a signal, the logs)."""
+    whole_dir, whole = uninterrupted_run
+    stream, evaluation = streams()
+    interrupt(stream, evaluation, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+    at_cut = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / "ckpt-7"))
     names = at_cut.get_variable_to_shape_map()
     [predictions] = [n for n in names if n.startswith("temporal_ensemble/epoch_predictions")]
     [ensemble] = [n for n in names if n.startswith("temporal_ensemble/ensemble")]
     # Mid-epoch: one batch of this epoch's predictions gathered, Z after two epochs.
-    assert np.count_nonzero(at_cut.get_tensor(predictions).any(axis=1)) == BATCH
     assert at_cut.get_tensor(ensemble).dtype == np.float64
+    assert at_cut.get_tensor(predictions).dtype == np.float64
+    assert np.count_nonzero(at_cut.get_tensor(predictions).any(axis=1)) == BATCH
     assert np.count_nonzero(at_cut.get_tensor(ensemble).any(axis=1)) > STEPS * BATCH
 
     lines = []
-    resumed = train(run_config(), stream, evaluation, tmp_path / "cut", console=lines.append)
+    resumed = train(run_config(), stream, evaluation, tmp_path, console=lines.append)
     assert lines[0].endswith("at step 7")
     assert resumed["step"] == 12
-    reference, state = checkpoint_state(tmp_path / "whole"), checkpoint_state(tmp_path / "cut")
+    reference, state = checkpoint_state(whole_dir), checkpoint_state(tmp_path)
     assert state.keys() == reference.keys()
     assert ensemble in state and predictions in state
     for name, value in reference.items():
@@ -440,10 +464,19 @@ def test_a_run_killed_within_an_epoch_resumes_bit_equal(tmp_path):
     assert np.abs(reference[ensemble]).sum() > 0
     # 12 steps = 4 whole epochs: the last step's epoch end reset the epoch's predictions.
     np.testing.assert_array_equal(reference[predictions], 0.0)
-    assert logs_without_timing(tmp_path / "cut") == logs_without_timing(tmp_path / "whole")
     for key in ("eval/error/1", "eval/class_cost/1", "eval/error/ema"):
         assert resumed[key] == whole[key], key
-    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    logs, reference_logs = logs_without_timing(tmp_path), logs_without_timing(whole_dir)
+    if interrupt is interrupt_by_signal:
+        assert logs == reference_logs
+    else:
+        # A dry stream ends a Keras epoch, whose end evaluates: an extra row at step 7. The
+        # training means survive that evaluation, so every training row is the uninterrupted
+        # run's.
+        validation = [r for r in logs["validation_log.csv"] if r["step"] != "7"]
+        assert validation == reference_logs["validation_log.csv"]
+        assert logs["training_log.csv"] == reference_logs["training_log.csv"]
+    config = json.loads((whole_dir / "config.json").read_text())
     assert config["method"] == "temporal_ensembling"
     assert config["temporal_ensembling"] == params().to_dict()
 
@@ -507,8 +540,8 @@ def test_batches_without_indices_are_refused_with_a_clear_message(tmp_path):
     model.initialize_from_batch(x[:BATCH])
     pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
     with pytest.raises(ValueError, match=r"trains on \(images, labels, indices\) batches \(see "
-                                         r"datasets.epoch_dataset\). Received: tuple of 2 "
-                                         r"element\(s\)"):
+                                         r"datasets.epoch_dataset\). Received: a tuple of 2 "
+                                         r"elements"):
         model.fit(pairs, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="Received: a batch without indices"):
         model.compute_train_step(tf.constant(x[:BATCH]), tf.constant(y[:BATCH]))
@@ -529,3 +562,12 @@ def test_batches_without_indices_are_refused_with_a_clear_message(tmp_path):
               tmp_path / "run", console=lambda _: None)
     with pytest.raises(ValueError, match="Received: num_logits=2"):
         TemporalEnsembling(params(), HyperParams(num_logits=2))
+
+
+def test_mean_teacher_options_are_refused_not_ignored():
+    with pytest.raises(ValueError, match="Received: shared_flip=True"):
+        TemporalEnsembling(params(), shared_flip=True)
+    with pytest.raises(ValueError, match="Received: teacher_reads_ema='post'"):
+        TemporalEnsembling(params(), teacher_reads_ema="post")
+    with pytest.raises(ValueError, match="Received: pi_target_gradients=False"):
+        dataclasses.replace(run_config(), pi_target_gradients=False)
