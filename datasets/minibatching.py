@@ -111,6 +111,14 @@ def _check_seed(seed: object) -> int:
     return int(seed)
 
 
+def _check_skip_batches(skip_batches: object) -> int:
+    if isinstance(skip_batches, bool) or not isinstance(skip_batches, numbers.Integral) \
+            or skip_batches < 0:
+        raise ValueError("skip_batches must be an integer >= 0. "
+                         f"Received: skip_batches={skip_batches!r}")
+    return int(skip_batches)
+
+
 def _index_batches(n_examples: int, batch_size: int, seed: int, stream: int,
                    skip_batches: int = 0) -> tf.data.Dataset:
     """Endless batches of indices 0..n_examples-1, reshuffled at every pass.
@@ -177,9 +185,7 @@ def training_dataset(
     images, labels = _check_images_and_labels(images, labels)
     n_labeled = _check_mode(n_labeled_per_batch, batch_size)
     seed = _check_seed(seed)
-    if isinstance(skip_batches, bool) or not isinstance(skip_batches, numbers.Integral) \
-            or skip_batches < 0:
-        raise ValueError(f"skip_batches must be an integer >= 0. Received: {skip_batches!r}")
+    skip_batches = _check_skip_batches(skip_batches)
 
     # Gathering whole batches from one host variable keeps per-example work out of the
     # pipeline, and a captured variable (unlike a graph constant) has no 2 GB limit.
@@ -248,9 +254,7 @@ def epoch_dataset(
     batch_size = _check_batch_size(batch_size)
     images, labels = _check_images_and_labels(images, labels)
     seed = _check_seed(seed)
-    if isinstance(skip_batches, bool) or not isinstance(skip_batches, numbers.Integral) \
-            or skip_batches < 0:
-        raise ValueError(f"skip_batches must be an integer >= 0. Received: {skip_batches!r}")
+    skip_batches = _check_skip_batches(skip_batches)
     n_examples = len(labels)
     if batch_size > n_examples:
         raise ValueError(f"batch_size ({batch_size}) must be at most the number of training "

@@ -105,13 +105,21 @@ def _count_or_word_allowed(words: tuple[str, ...]) -> str:
 
 def _hyperparam_validator(name: str) -> Callable[[Any], bool]:
     """Checks one hyperparameter flag as `HyperParams` does, when it is parsed."""
+    def settings_class() -> type:
+        from tensorflow_mean_teacher.hyperparams import HyperParams
+
+        return HyperParams
+    return settings_validator(name, settings_class)
+
+
+def settings_validator(name: str, settings_class: Callable[[], type]) -> Callable[[Any], bool]:
+    """An absl validator of flag `name`: the settings class (`settings_class()`, imported only
+    when a value is checked) built with that value alone must accept it."""
     def check(value: Any) -> bool:
         if value is None:
             return True
-        from tensorflow_mean_teacher.hyperparams import HyperParams
-
         try:
-            HyperParams(**{name: value})
+            settings_class()(**{name: value})
         except (TypeError, ValueError) as error:
             # "Invalid hyperparameter NAME: it must be in [0, 1]. Received: NAME=2.0" -> the rule
             rule = re.search(r"\b(must be .*?)\.? Received:", str(error))

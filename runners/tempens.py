@@ -15,8 +15,7 @@ per epoch unless --evaluation_span / --print_span (in steps) say otherwise.
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from absl import flags
@@ -45,20 +44,10 @@ SETTING_FLAGS = {
 }
 
 
-def _setting_validator(name: str) -> Callable[[Any], bool]:
-    def check(value: Any) -> bool:
-        if value is None:
-            return True
-        from tensorflow_mean_teacher.temporal_ensembling_params import TemporalEnsemblingParams
+def _settings_class() -> type:
+    from tensorflow_mean_teacher.temporal_ensembling_params import TemporalEnsemblingParams
 
-        try:
-            TemporalEnsemblingParams(**{name: value})
-        except (TypeError, ValueError) as error:
-            rule = re.search(r"\b(must be .*?)\.? Received:", str(error))
-            raise flags.ValidationError(
-                rule.group(1) if rule else f"must be valid: {error}") from None
-        return True
-    return check
+    return TemporalEnsemblingParams
 
 
 def define_flags(defaults: common.RunSettings, results_dir: str,
@@ -75,7 +64,8 @@ def define_flags(defaults: common.RunSettings, results_dir: str,
     for name, (define, help_text) in SETTING_FLAGS.items():
         value = defaults.temporal_ensembling.get(name, getattr(base, name))
         define(name, None, f"{help_text} Runner default: {value}.", flag_values=flag_values)
-        flags.register_validator(name, _setting_validator(name), flag_values=flag_values)
+        flags.register_validator(name, common.settings_validator(name, _settings_class),
+                                 flag_values=flag_values)
 
 
 def settings_from_flags(base: common.RunSettings,

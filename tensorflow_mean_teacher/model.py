@@ -516,6 +516,18 @@ class MeanTeacher(keras.Model):
             unused = {id(v) for v in self.student.fc_secondary.parameters}
         return [v for v in self.student.trainable_variables if id(v) not in unused]
 
+    def _apply_gradients(self, gradients: list, variables: list) -> None:
+        """The optimizer step; a step skipped by loss scaling still moves the step counter."""
+        self.optimizer.apply(gradients, variables)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # Loss scaling skips the update of a step with non-finite gradients, and Keras then
+            # leaves the step counter too. Everything else of the step has moved (the EMA, the
+            # eval means, the data), so the counter moves as well: the schedules, the logs and
+            # a resumed run's data position stay in step. Only the student's weights, Adam's
+            # moments and its beta products keep their values, as if the gradient were zero.
+            skipped = tf.logical_not(self.optimizer.check_finite(gradients))
+            self.optimizer.iterations.assign_add(tf.cast(skipped, self.optimizer.iterations.dtype))
+
     def compute_train_step(self, images, labels) -> tuple[dict, dict]:
         """One training step; returns (this step's metric values, the towers' logits).
 
@@ -574,15 +586,7 @@ class MeanTeacher(keras.Model):
 
         if self.teacher_reads_ema == "pre":
             self._update_teacher(schedule["ema_decay"])
-        self.optimizer.apply(gradients, variables)
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # Loss scaling skips the update of a step with non-finite gradients, and Keras then
-            # leaves the step counter too. Everything else of the step has moved (the EMA, the
-            # eval means, the data), so the counter moves as well: the schedules, the logs and
-            # a resumed run's data position stay in step. Only the student's weights, Adam's
-            # moments and its beta products keep their values, as if the gradient were zero.
-            skipped = tf.logical_not(self.optimizer.check_finite(gradients))
-            self.optimizer.iterations.assign_add(tf.cast(skipped, self.optimizer.iterations.dtype))
+        self._apply_gradients(gradients, variables)
 
         # The totals are batch *sums*: on N replicas each computes its share, and the sum of the
         # gradients is the global one. Reported times N, their mean over replicas (what Keras
@@ -608,6 +612,10 @@ class MeanTeacher(keras.Model):
     def train_step(self, data):
         images, labels = _unpack(data)
         values, _ = self.compute_train_step(images, labels)
+        return self._track_training(values, labels)
+
+    def _track_training(self, values: dict, labels) -> dict:
+        """Feeds a step's values to the training metrics; returns their running means."""
         n_labeled = tf.reduce_sum(tf.cast(losses.labeled_mask(tf.cast(labels, tf.int32)),
                                           tf.float32))
         for name, tracker in self._train_trackers.items():

@@ -174,10 +174,7 @@ class TemporalEnsembling(MeanTeacher):
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
         kept = [(g, v) for g, v in zip(gradients, variables, strict=True) if g is not None]
-        self.optimizer.apply([g for g, _ in kept], [v for _, v in kept])
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            skipped = tf.logical_not(self.optimizer.check_finite([g for g, _ in kept]))
-            self.optimizer.iterations.assign_add(tf.cast(skipped, self.optimizer.iterations.dtype))
+        self._apply_gradients([g for g, _ in kept], [v for _, v in kept])
 
         # The tf.Variable under the Keras variable: a scatter writes only the batch's rows.
         self.epoch_predictions.value.scatter_update(
@@ -212,15 +209,7 @@ class TemporalEnsembling(MeanTeacher):
                    if isinstance(data, (tuple, list)) else f"a {type(data).__name__}"))
         images, labels, indices = data
         values, _ = self.compute_train_step(images, labels, indices)
-        n_labeled = tf.reduce_sum(tf.cast(losses.labeled_mask(tf.cast(labels, tf.int32)),
-                                          tf.float32))
-        for name, tracker in self._train_trackers.items():
-            if name.startswith("train/error/"):
-                error = tf.where(n_labeled > 0, values[name], 0.0)
-                tracker.update_state(error, sample_weight=n_labeled)
-            else:
-                tracker.update_state(values[name])
-        return {name: tracker.result() for name, tracker in self._train_trackers.items()}
+        return self._track_training(values, labels)
 
     def compute_evaluation(self, images, labels) -> tuple[dict, dict]:
         """The student's eval quantities, under both suffixes ("1" and "ema"): no teacher."""
